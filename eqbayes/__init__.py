@@ -1,0 +1,24 @@
+"""eqbayes: Bayesian parts for ordinary Equinox models.
+
+Mark a sub-tree of an `eqx.Module` with `eb.bayesian(...)`, run `eb.Solver(loss)`,
+and read the posterior chain, its diagnostics and predictive bands off the result.
+"""
+
+import importlib.metadata
+
+from . import diagnostics as diagnostics, priors as priors
+from ._mcmc import KernelDiagnostics as KernelDiagnostics
+from ._posterior import History as History, Posterior as Posterior, Result as Result
+from ._solver import Solver as Solver, SolverState as SolverState
+from ._wrappers import (
+    BayesianLeaf as BayesianLeaf,
+    bayesian as bayesian,
+    unwrap as unwrap,
+)
+from .diagnostics import ess as ess, rhat as rhat
+
+
+try:
+    __version__ = importlib.metadata.version("eqbayes")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+    __version__ = "0.0.0"

@@ -1,0 +1,208 @@
+"""Kernel families: detection, (re)building inside the traced step, info capture.
+
+A kernel factory is anything that, called with a log density (or a gradient
+estimator) and keyword arguments, returns a `blackjax.SamplingAlgorithm`. Its
+*family* is read from the name of its first parameter:
+
+- `logdensity_fn`: full-data MCMC (`blackjax.nuts`, `blackjax.hmc`, `blackjax.mala`,
+  user factories);
+- `grad_estimator`: stochastic-gradient MCMC (`blackjax.sgld`, `blackjax.sghmc`).
+
+Blackjax's top-level kernels are `GenerateSamplingAPI` objects whose own signature
+is `(*args, **kwargs)`, so their `.differentiable` function is inspected instead.
+"""
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import blackjax
+from jaxtyping import Array
+
+
+FULL_DATA = "full-data"
+STOCHASTIC_GRADIENT = "stochastic-gradient"
+
+#: The per-step fields eqbayes records when a kernel's info carries them.
+DIAGNOSTIC_FIELDS = (
+    "is_divergent",
+    "acceptance_rate",
+    "energy",
+    "num_integration_steps",
+)
+
+_NOT_CALLABLE = (
+    "`eb.bayesian(..., kernel={kernel!r})` for group '{name}': the kernel must be a "
+    "blackjax kernel factory such as `blackjax.nuts`, or a function "
+    "`(logdensity_fn, **kwargs) -> blackjax.SamplingAlgorithm`; got an object of type "
+    "`{type}`."
+)
+_VI_KERNEL = (
+    "`eb.bayesian(..., kernel={kernel_name})` for group '{name}': this is a variational "
+    "family, not an MCMC kernel. Variational fits are made with `eb.vi(...)`."
+)
+_UNKNOWN_FAMILY = (
+    "`eb.bayesian(..., kernel={kernel_name})` for group '{name}': cannot tell the kernel "
+    "family. The first parameter of the factory must be named `logdensity_fn` "
+    "(full-data MCMC) or `grad_estimator` (stochastic-gradient MCMC); this one's "
+    "parameters are {params}. Rename the first parameter of your factory, e.g. "
+    "`def my_kernel(logdensity_fn, step_size): ...`."
+)
+_SG_NOT_YET = (
+    "`eb.bayesian(..., kernel={kernel_name})` for group '{name}': stochastic-gradient "
+    "kernels (first parameter `grad_estimator`) need minibatched data, which this "
+    "version of eqbayes does not provide yet. Use a full-data kernel such as "
+    "`blackjax.nuts`, `blackjax.hmc` or `blackjax.mala`."
+)
+_UNKNOWN_KWARG = (
+    "`eb.bayesian(..., kernel={kernel_name}, {kwarg}=...)` for group '{name}': the "
+    "kernel does not take `{kwarg}`. It accepts {params}."
+)
+_MISSING_KWARG = (
+    "`eb.bayesian(..., kernel={kernel_name})` for group '{name}': the kernel needs "
+    "`{kwarg}=`, e.g. `eb.bayesian(..., kernel={kernel_name}, {kwarg}=...)`."
+)
+_BAD_STATE = (
+    "The state returned by `{kernel_name}.init` for group '{name}' has no position: "
+    "eqbayes reads it from a `.position` field (blackjax states) or a `'position'` "
+    "key (dict states). Got a state of type `{type}`."
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KernelSpec:
+    """A kernel factory with what eqbayes reads from its signature.
+
+    Hashes and compares by the identity of the factory (blackjax's factories are
+    unhashable dataclasses), so that it can live in static configuration.
+    """
+
+    factory: Callable[..., Any]
+    name: str
+    family: str
+    parameters: tuple[str, ...]
+    required: tuple[str, ...]
+    var_keyword: bool
+
+    def __hash__(self) -> int:
+        return hash(id(self.factory))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KernelSpec) and other.factory is self.factory
+
+    @property
+    def is_hmc_family(self) -> bool:
+        """Kernels that take both a step size and an inverse mass matrix."""
+        return "step_size" in self.parameters and (
+            "inverse_mass_matrix" in self.parameters
+        )
+
+    def accepts(self, kwarg: str) -> bool:
+        return self.var_keyword or kwarg in self.parameters
+
+    def build(self, logdensity_fn: Callable, **kwargs: Any) -> Any:
+        """Builds the `SamplingAlgorithm`, dropping keyword arguments it does not take."""
+        kwargs = {k: v for k, v in kwargs.items() if self.accepts(k)}
+        return self.factory(logdensity_fn, **kwargs)
+
+
+def _kernel_name(factory: Any) -> str:
+    if isinstance(factory, blackjax.GenerateSamplingAPI):
+        return factory.differentiable.__module__.rsplit(".", 1)[-1]
+    return getattr(factory, "__name__", type(factory).__name__)
+
+
+def kernel_spec(factory: Any, group_name: str) -> KernelSpec:
+    """Detects the family of `factory` and reads its parameters."""
+    variational = (blackjax.GenerateVariationalAPI, blackjax.GeneratePathfinderAPI)
+    if isinstance(factory, variational):
+        raise TypeError(
+            _VI_KERNEL.format(kernel_name=_kernel_name(factory), name=group_name)
+        )
+    if not callable(factory):
+        raise TypeError(
+            _NOT_CALLABLE.format(
+                kernel=factory, name=group_name, type=type(factory).__name__
+            )
+        )
+    target = (
+        factory.differentiable
+        if isinstance(factory, blackjax.GenerateSamplingAPI)
+        else factory
+    )
+    name = _kernel_name(factory)
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        signature = None
+    params = [] if signature is None else list(signature.parameters.values())
+    first = params[0].name if params else None
+    if first == "logdensity_fn":
+        family = FULL_DATA
+    elif first == "grad_estimator":
+        raise NotImplementedError(_SG_NOT_YET.format(kernel_name=name, name=group_name))
+    else:
+        raise TypeError(
+            _UNKNOWN_FAMILY.format(
+                kernel_name=name, name=group_name, params=[p.name for p in params]
+            )
+        )
+    rest = params[1:]
+    named = tuple(
+        p.name
+        for p in rest
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    )
+    required = tuple(
+        p.name
+        for p in rest
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    )
+    var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in rest)
+    return KernelSpec(factory, name, family, named, required, var_keyword)
+
+
+def check_kernel_kwargs(spec: KernelSpec, kwargs: Mapping[str, Any], group_name: str):
+    """Every keyword must be accepted; every required one (bar those eqbayes
+    supplies) must be present."""
+    for kwarg in kwargs:
+        if not spec.accepts(kwarg):
+            raise TypeError(
+                _UNKNOWN_KWARG.format(
+                    kernel_name=spec.name,
+                    kwarg=kwarg,
+                    name=group_name,
+                    params=", ".join(f"`{p}`" for p in spec.parameters),
+                )
+            )
+    supplied = {"step_size", "inverse_mass_matrix"}
+    for kwarg in spec.required:
+        if kwarg not in kwargs and kwarg not in supplied:
+            raise TypeError(
+                _MISSING_KWARG.format(kernel_name=spec.name, kwarg=kwarg, name=group_name)
+            )
+
+
+def position_of(state: Any, spec: KernelSpec, group_name: str) -> Any:
+    """The chain position held by a kernel state."""
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        if "position" in state._fields:
+            return state.position
+    elif isinstance(state, Mapping) and "position" in state:
+        return state["position"]
+    raise TypeError(
+        _BAD_STATE.format(kernel_name=spec.name, name=group_name, type=type(state))
+    )
+
+
+def info_fields(info: Any) -> dict[str, Array]:
+    """The diagnostic fields (of `DIAGNOSTIC_FIELDS`) that a kernel's info carries."""
+    if isinstance(info, tuple) and hasattr(info, "_fields"):
+        present = {f: getattr(info, f) for f in info._fields}
+    elif isinstance(info, Mapping):
+        present = dict(info)
+    else:
+        present = {}
+    return {f: present[f] for f in DIAGNOSTIC_FIELDS if f in present}

@@ -1,0 +1,149 @@
+"""What a solve hands back: the plain model, the posterior chain, the history."""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+from ._mcmc import KernelDiagnostics
+
+
+_SAMPLES = (
+    "`posterior.predict(..., samples={value!r})`: `samples` must be one of 'auto', "
+    "'chain' or 'point'."
+)
+_NO_CHAIN = (
+    "`posterior.predict(..., samples='chain')`: this model has no sampled groups, so "
+    "there is no chain to evaluate over. Mark a sub-tree with `eb.bayesian(...)`, or "
+    "use `samples='point'`."
+)
+_BATCH = (
+    "`posterior.predict(..., batch_size={value!r})`: `batch_size` must be a positive "
+    "integer (draws evaluated at once) or None."
+)
+
+#: Draws evaluated at once by `Posterior.predict` unless told otherwise.
+DEFAULT_PREDICT_BATCH = 64
+
+
+class History(eqx.Module):
+    """Per-chunk records of a solve.
+
+    **Fields:**
+
+    - `loss`: the loss at the end of each chunk (averaged over chains), shape
+        `(n_chunks,)`.
+    - `neg_elbo`: `{group name: (n_chunks,)}` negative ELBO of variational groups
+        (empty when there are none).
+    """
+
+    loss: Float[Array, " chunks"]
+    neg_elbo: dict[str, Float[Array, " chunks"]]
+
+
+@eqx.filter_jit
+def _predict_chain(fn, samples, model, args, batch_size):
+    leaves = jax.tree.leaves(samples)
+    num_chains, num_draws = leaves[0].shape[:2]
+    flat = jax.tree.map(lambda x: x.reshape(num_chains * num_draws, *x.shape[2:]), samples)
+
+    def one(draw):
+        return fn(eqx.combine(draw, model), *args)
+
+    out = jax.lax.map(one, flat, batch_size=min(batch_size, num_chains * num_draws))
+    return jax.tree.map(lambda x: x.reshape(num_chains, num_draws, *x.shape[1:]), out)
+
+
+class Posterior(eqx.Module):
+    """The posterior of a solve: draws, kernel diagnostics and predictions.
+
+    **Fields:**
+
+    - `samples`: a pytree of the model's structure holding `(K, N, *leaf_shape)`
+        arrays at sampled leaves and `None` at every other leaf (the
+        `eqx.partition` convention: frozen leaves are not copied).
+    - `diagnostics`: `{group name: KernelDiagnostics or None}`.
+    - `model`: the plain model at the end of the solve; `predict` fills its sampled
+        leaves with each draw.
+    """
+
+    samples: PyTree[Float[Array, "chain draw ..."] | None]
+    diagnostics: dict[str, KernelDiagnostics | None]
+    model: PyTree
+
+    @property
+    def has_chain(self) -> bool:
+        """Whether any leaf is sampled."""
+        return bool(jax.tree.leaves(self.samples))
+
+    def predict(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        samples: str = "auto",
+        batch_size: int | None = None,
+    ) -> PyTree[Array]:
+        """Evaluates `fn(model, *args)` at every posterior draw.
+
+        The nonlinear pushforward: for a neural network, the mean of the
+        predictions is not the prediction at the mean weights, so every
+        (chain, draw) is evaluated. Draws are evaluated `batch_size` at a time
+        (`jax.lax.map`), so large outputs do not hold the whole chain in memory at
+        once.
+
+        **Arguments:**
+
+        - `fn`: `fn(model, *args) -> pytree of arrays`, with the plain model.
+        - `*args`: passed to `fn`.
+        - `samples`: `"auto"` (the chain if the model has sampled groups, else the
+            point), `"chain"` (the chain; an error when there is none) or `"point"`
+            (the model's current values, one evaluation).
+        - `batch_size`: draws evaluated at once (default 64).
+
+        **Returns:**
+
+        `fn`'s output with leading axes `(K, N)`, or `fn`'s plain output for
+        `"point"`.
+
+        !!! Example
+
+            ```python
+            bands = result.posterior.predict(lambda m, x: jax.vmap(m)(x), x_grid)
+            lo, hi = jnp.quantile(bands, jnp.array([0.05, 0.95]), axis=(0, 1))
+            ```
+        """
+        if samples not in ("auto", "chain", "point"):
+            raise ValueError(_SAMPLES.format(value=samples))
+        if batch_size is None:
+            batch_size = DEFAULT_PREDICT_BATCH
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
+            batch_size < 1
+        ):
+            raise ValueError(_BATCH.format(value=batch_size))
+        if samples == "chain" and not self.has_chain:
+            raise ValueError(_NO_CHAIN)
+        if samples == "point" or not self.has_chain:
+            return fn(self.model, *args)
+        return _predict_chain(fn, self.samples, self.model, args, batch_size)
+
+
+class Result(eqx.Module):
+    """The outcome of [`eqbayes.Solver.run`][] (or [`eqbayes.Solver.result`][]).
+
+    **Fields:**
+
+    - `model`: the plain model: sampled leaves at chain 0's last draw.
+    - `posterior`: a [`eqbayes.Posterior`][].
+    - `history`: a [`eqbayes.History`][].
+    """
+
+    model: PyTree
+    posterior: Posterior
+    history: History
+
+
+def empty_history() -> History:
+    return History(jnp.zeros((0,)), {})

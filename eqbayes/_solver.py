@@ -1,0 +1,595 @@
+"""The Solver: `init -> step -> result`, and `run` as compiled chunks of steps."""
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, Int, PRNGKeyArray, PyTree
+
+from ._custom_types import ArrayTree
+from ._mcmc import (
+    KernelDiagnostics,
+    MCMCState,
+    _initial_positions,
+    chronological,
+    init_state,
+    record,
+    step_state,
+)
+from ._posterior import History, Posterior, Result
+from ._wrappers import AbstractGroup, BayesianLeaf, is_group, unwrap
+
+
+logger = logging.getLogger("eqbayes")
+
+_NO_GROUPS = (
+    "`Solver.init(model, ...)`: the model has no Bayesian groups and the solver has "
+    "no optimiser, so there is nothing to do. Mark a sub-tree with "
+    "`eb.bayesian(model, blackjax.nuts, where=...)`."
+)
+_CHAINS = (
+    "`Solver.init(model, ...)`: every Bayesian group of one solve must run the same "
+    "number of chains, but {detail}. Pass the same `num_chains=` to every "
+    "`eb.bayesian(...)` call."
+)
+_LOSS_SHAPE = (
+    "`Solver(loss)`: the loss must return a scalar, but `loss(model, *args)` returned "
+    "{what}. Reduce it, e.g. with `jnp.mean(...)` or `jnp.sum(...)`."
+)
+_LOSS_FAILED = (
+    "`Solver.init(model, ...)`: calling `loss(model, *args)` on the unwrapped model "
+    "failed: {err}"
+)
+_IMM_SHAPE = (
+    "`eb.bayesian(..., inverse_mass_matrix=...)` for group '{name}': the group has "
+    "{d} sampled components, so the inverse mass matrix must have shape ({d},) "
+    "(diagonal) or ({d}, {d}) (dense); got shape {shape}."
+)
+_STEPS = (
+    "`Solver.run(..., steps={steps!r})`: group '{name}' needs {need} steps "
+    "(warmup {warmup} + keep {keep} x thin {thin}). Pass `steps >= {need}` or "
+    "`steps=None` for exactly that."
+)
+_STEPS_TYPE = (
+    "`Solver.run(..., steps={steps!r})`: `steps` must be a positive integer or None."
+)
+_NOT_YET = "`{call}`: {what} are not available in this version of eqbayes."
+_KEY = (
+    "`Solver.{fn}(..., key=...)`: `key` must be a JAX PRNG key such as "
+    "`jax.random.key(0)` (or a legacy `jax.random.PRNGKey(0)`); got {what}."
+)
+_PRINT_EVERY = (
+    "`Solver(..., print_every={value!r})`: `print_every` must be a positive integer "
+    "(steps per compiled chunk) or None."
+)
+
+
+class SolverState(eqx.Module):
+    """Everything a solve carries from one step to the next.
+
+    **Fields:**
+
+    - `model`: the marked model; each group wrapper holds its state (kernel states
+        of the K chains, step size, inverse mass matrix, adaptation, sample buffers).
+    - `step`: solver steps taken so far.
+    - `key`: the solve's key; step `t` uses `jax.random.fold_in(key, t)`, so a
+        solve can be chunked, stepped by hand or resumed without changing its chain.
+    """
+
+    model: PyTree
+    step: Int[Array, ""]
+    key: PRNGKeyArray
+
+
+# -- the pure mechanics ---------------------------------------------------------
+
+
+def _flatten(model: PyTree):
+    leaves, treedef = jax.tree.flatten(model, is_leaf=is_group)
+    gidx = tuple(i for i, leaf in enumerate(leaves) if is_group(leaf))
+    return leaves, treedef, gidx
+
+
+def _plain_at(leaves, treedef, gidx, positions: dict[int, ArrayTree]) -> PyTree:
+    """The plain model with group j at `positions[j]` (one chain)."""
+    new = list(leaves)
+    for j in gidx:
+        new[j] = leaves[j].materialise(positions[j])
+    return jax.tree.unflatten(treedef, new)
+
+
+def _logdensity_for(loss, leaves, treedef, gidx, i, args) -> Callable:
+    """`others_k -> (theta -> log density of group i at chain k)`."""
+    leaves = tuple(leaves)
+    group = leaves[i]
+
+    def for_chain(others_k):
+        def logdensity(theta):
+            model = _plain_at(leaves, treedef, gidx, {**others_k, i: theta})
+            value = -group.config.likelihood_scale * loss(model, *args)
+            value = value + group.config.prior(theta)
+            # A non-finite log density is a rejected (divergent) transition.
+            return jnp.where(jnp.isfinite(value), value, -jnp.inf)
+
+        return logdensity
+
+    return for_chain
+
+
+def _positions(leaves, gidx, exclude: int | None = None) -> dict[int, ArrayTree]:
+    return {j: leaves[j].positions() for j in gidx if j != exclude}
+
+
+def _transition(loss, state: SolverState, args, *, phase: str, recording: str):
+    """One solver step: every group makes one transition, in a fixed cycle."""
+    leaves, treedef, gidx = _flatten(state.model)
+    key = jr.fold_in(state.key, state.step)
+    refresh = len(gidx) > 1
+    for n, i in enumerate(gidx):
+        group = leaves[i]
+        logdensity_for = _logdensity_for(loss, leaves, treedef, gidx, i, args)
+        new, info = step_state(
+            group.config,
+            group.arrays,
+            group.state,
+            jr.fold_in(key, n),
+            state.step,
+            logdensity_for,
+            _positions(leaves, gidx, exclude=i),
+            refresh=refresh,
+            phase=phase,
+            name=group.name,
+        )
+        if recording != "never":
+            new = record(
+                group.config, new, state.step, info, group.name,
+                always=recording == "always",
+            )
+        leaves[i] = eqx.tree_at(lambda g: g.state, group, new)
+    model = jax.tree.unflatten(treedef, leaves)
+    return SolverState(model, state.step + 1, state.key)
+
+
+def _chain_losses(loss, model, args) -> Array:
+    """The loss at each chain's current position, shape `(K,)`."""
+    leaves, treedef, gidx = _flatten(model)
+    positions = _positions(leaves, gidx)
+    return jax.vmap(lambda p: loss(_plain_at(leaves, treedef, gidx, p), *args))(
+        positions
+    )
+
+
+@eqx.filter_jit
+def _init_states(loss, model, key, args):
+    leaves, treedef, gidx = _flatten(model)
+    starts = {
+        j: _initial_positions(
+            leaves[j].initial_position(), leaves[j].config, jr.fold_in(key, n)
+        )
+        for n, j in enumerate(gidx)
+    }
+    new = list(leaves)
+    for i in gidx:
+        group = leaves[i]
+        state = init_state(
+            group.config,
+            group.arrays,
+            starts[i],
+            _logdensity_for(loss, leaves, treedef, gidx, i, args),
+            {j: p for j, p in starts.items() if j != i},
+            group.name,
+        )
+        new[i] = eqx.tree_at(
+            lambda g: g.state, group, state, is_leaf=lambda x: x is None
+        )
+    return jax.tree.unflatten(treedef, new)
+
+
+@eqx.filter_jit
+def _step(loss, state, args):
+    return _transition(loss, state, args, phase="any", recording="auto")
+
+
+@eqx.filter_jit
+def _run_general(loss, state, args, num_steps):
+    def body(_, s):
+        return _transition(loss, s, args, phase="any", recording="auto")
+
+    state = jax.lax.fori_loop(0, num_steps, body, state)
+    return state, jnp.mean(_chain_losses(loss, state.model, args))
+
+
+@eqx.filter_jit
+def _run_fast_warmup(loss, state, args, num_steps):
+    def body(_, s):
+        return _transition(loss, s, args, phase="warmup", recording="never")
+
+    state = jax.lax.fori_loop(0, num_steps, body, state)
+    return state, jnp.mean(_chain_losses(loss, state.model, args))
+
+
+@eqx.filter_jit
+def _run_fast_sample(loss, state, args, num_draws, thin: int):
+    def skip(_, s):
+        return _transition(loss, s, args, phase="sample", recording="never")
+
+    def draw(_, s):
+        s = jax.lax.fori_loop(0, thin - 1, skip, s)
+        return _transition(loss, s, args, phase="sample", recording="always")
+
+    state = jax.lax.fori_loop(0, num_draws, draw, state)
+    return state, jnp.mean(_chain_losses(loss, state.model, args))
+
+
+# -- the public Solver ----------------------------------------------------------
+
+
+def _as_key(key: Any, fn: str) -> PRNGKeyArray:
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(_KEY.format(fn=fn, what=f"a batch of keys, shape {key.shape}"))
+        return key
+    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == jnp.uint32 and (
+        key.shape == (2,)
+    ):
+        return jr.wrap_key_data(key)
+    raise TypeError(_KEY.format(fn=fn, what=f"an object of type `{type(key).__name__}`"))
+
+
+def _groups(model: PyTree) -> list[AbstractGroup]:
+    return [leaf for leaf in jax.tree.leaves(model, is_leaf=is_group) if is_group(leaf)]
+
+
+def _describe_group(group: BayesianLeaf, diagnostics: KernelDiagnostics) -> str:
+    config = group.config
+    fields = [k for k, v in vars(diagnostics).items() if v is not None]
+    if config.adapts:
+        warm = f"warmup {config.warmup} (window adaptation)"
+    else:
+        warm = f"warmup {config.warmup} (discarded)"
+    return (
+        f"Group '{group.name}': Bayesian sampling with '{config.kernel.name}' "
+        f"({config.kernel.family} MCMC), K={config.num_chains} chain(s), {warm}, "
+        f"keep {config.keep}, thin {config.thin}; diagnostics: "
+        f"{', '.join(fields) if fields else 'none (the kernel info has none of them)'}"
+    )
+
+
+def _summarise(name: str, diagnostics: KernelDiagnostics | None) -> str:
+    if diagnostics is None:
+        return f"Group '{name}': no kernel diagnostics"
+    parts = []
+    if diagnostics.is_divergent is not None:
+        total = diagnostics.is_divergent.size
+        count = int(jnp.sum(diagnostics.is_divergent))
+        pct = 100.0 * count / max(total, 1)
+        parts.append(f"{count}/{total} divergent ({pct:.2f}%)")
+    if diagnostics.acceptance_rate is not None:
+        parts.append(f"mean accept {float(jnp.mean(diagnostics.acceptance_rate)):.2f}")
+    if diagnostics.energy is not None:
+        parts.append(f"mean energy {float(jnp.mean(diagnostics.energy)):.4g}")
+    if diagnostics.num_integration_steps is not None:
+        mean = float(jnp.mean(diagnostics.num_integration_steps))
+        parts.append(f"mean integration steps {mean:.1f}")
+    return f"Group '{name}': " + (", ".join(parts) if parts else "no kernel diagnostics")
+
+
+class Solver(eqx.Module):
+    """Steps every group of a marked model together.
+
+    One `Solver` serves any number of solves: the compiled program is reused by
+    later calls with the same model structure and configuration.
+
+    **Arguments:**
+
+    - `loss`: `loss(model, *args) -> scalar`, called with the plain model (every
+        wrapper replaced by values). With `data=`, `loss(model, data, *args)`.
+    - `optimizer`: reserved for optax training of unmarked leaves (not available
+        yet; must be None: unmarked leaves stay frozen).
+    - `print_every`: steps per compiled chunk: one dispatch, one host transfer and
+        one progress-bar update per chunk (default: a tenth of the solve).
+    - `progress`: show a progress bar (needs `tqdm`: `pip install 'eqbayes[progress]'`;
+        without it, no bar).
+    - `callbacks`: reserved (must be empty).
+
+    !!! Example
+
+        ```python
+        solver = eb.Solver(loss)
+        result = solver.run(model, key=jax.random.key(0), args=(x, y))
+        ```
+    """
+
+    loss: Callable[..., Any] = eqx.field(static=True)
+    optimizer: Any = eqx.field(static=True, default=None)
+    print_every: int | None = eqx.field(static=True, default=None)
+    progress: bool = eqx.field(static=True, default=True)
+    callbacks: Sequence[Any] = eqx.field(static=True, default=())
+
+    def __check_init__(self):
+        if not callable(self.loss):
+            raise TypeError(
+                f"`Solver(loss)`: `loss` must be callable `loss(model, *args) -> "
+                f"scalar`; got an object of type `{type(self.loss).__name__}`."
+            )
+        if self.optimizer is not None:
+            raise NotImplementedError(
+                _NOT_YET.format(call="Solver(..., optimizer=...)", what="optax parts")
+            )
+        if tuple(self.callbacks):
+            raise NotImplementedError(
+                _NOT_YET.format(call="Solver(..., callbacks=...)", what="callbacks")
+            )
+        pe = self.print_every
+        if pe is not None and (isinstance(pe, bool) or not isinstance(pe, int) or pe < 1):
+            raise ValueError(_PRINT_EVERY.format(value=pe))
+
+    # -- init -> step -> result ---------------------------------------------------
+
+    def _loss_args(self, args, data):
+        args = tuple(args)
+        return args if data is None else (data, *args)
+
+    def init(
+        self,
+        model: PyTree,
+        *,
+        key: PRNGKeyArray,
+        args: Sequence[Any] = (),
+        data: PyTree | None = None,
+        batch_size: int | None = None,
+    ) -> SolverState:
+        """Checks the configuration and builds the initial state.
+
+        Every misconfiguration raises here, before anything is compiled.
+
+        **Arguments:**
+
+        - `model`: the marked model.
+        - `key`: a JAX PRNG key; it fixes the chains' starting jitter and every
+            transition.
+        - `args`: extra arguments of the loss.
+        - `data`: optional data pytree, passed to the loss as its second argument.
+        - `batch_size`: reserved for minibatches (not available yet).
+
+        **Returns:**
+
+        A [`eqbayes.SolverState`][] at step 0.
+        """
+        if batch_size is not None:
+            raise NotImplementedError(
+                _NOT_YET.format(call="Solver.init(..., batch_size=...)", what="minibatches")
+            )
+        key = _as_key(key, "init")
+        args = self._loss_args(args, data)
+        groups = _groups(model)
+        if not groups:
+            raise ValueError(_NO_GROUPS)
+        for group in groups:
+            if group.state is not None:
+                raise ValueError(
+                    f"`Solver.init(model, ...)`: group '{group.name}' already carries "
+                    "solver state. Pass the marked model (before solving) or resume "
+                    "with `solver.run(model, key=..., state=state)`."
+                )
+        chains = {g.name: g.config.num_chains for g in groups}
+        if len(set(chains.values())) > 1:
+            detail = ", ".join(f"'{n}' has num_chains={k}" for n, k in chains.items())
+            raise ValueError(_CHAINS.format(detail=detail))
+        self._check_loss(model, args)
+        for group in groups:
+            imm = group.arrays.get("inverse_mass_matrix")
+            if imm is not None:
+                flat, _ = jax.flatten_util.ravel_pytree(group.initial_position())
+                d = flat.size
+                if imm.shape not in ((d,), (d, d)):
+                    raise ValueError(
+                        _IMM_SHAPE.format(name=group.name, d=d, shape=imm.shape)
+                    )
+        init_key, run_key = jr.split(key)
+        model = _init_states(self.loss, model, init_key, args)
+        for group in _groups(model):
+            logger.info(_describe_group(group, group.state.diagnostics))
+            if group.config.adapt and not group.config.kernel.is_hmc_family:
+                logger.info(
+                    f"Group '{group.name}': adapt=True is ignored for "
+                    f"'{group.config.kernel.name}' (only HMC-family kernels are "
+                    "adapted); its warmup steps are discarded."
+                )
+        return SolverState(model, jnp.asarray(0, jnp.int32), run_key)
+
+    def _check_loss(self, model, args):
+        try:
+            out = eqx.filter_eval_shape(self.loss, unwrap(model), *args)
+        except Exception as err:  # noqa: BLE001 - re-raised with context
+            raise type(err)(_LOSS_FAILED.format(err=err)) from err
+        if not (
+            isinstance(out, jax.ShapeDtypeStruct)
+            and out.shape == ()
+            and jnp.issubdtype(out.dtype, jnp.floating)
+        ):
+            what = (
+                f"an array of shape {out.shape} and dtype {out.dtype}"
+                if isinstance(out, jax.ShapeDtypeStruct)
+                else f"an object of type `{type(out).__name__}`"
+            )
+            raise ValueError(_LOSS_SHAPE.format(what=what))
+
+    def step(
+        self,
+        state: SolverState,
+        *,
+        args: Sequence[Any] = (),
+        data: PyTree | None = None,
+        batch: PyTree | None = None,
+    ) -> SolverState:
+        """Takes one solver step (compiled with `eqx.filter_jit`).
+
+        A loop of `step` calls gives the same chain as `run` for the same key.
+        `args` (and `data`) must be the ones the state was initialised with.
+
+        **Returns:**
+
+        The new [`eqbayes.SolverState`][].
+        """
+        if batch is not None:
+            raise NotImplementedError(
+                _NOT_YET.format(call="Solver.step(..., batch=...)", what="minibatches")
+            )
+        return _step(self.loss, state, self._loss_args(args, data))
+
+    def result(self, state: SolverState, history: History | None = None) -> Result:
+        """Collects the posterior and the plain model from a state.
+
+        **Arguments:**
+
+        - `state`: a [`eqbayes.SolverState`][].
+        - `history`: per-chunk records; `run` passes its own. By default, the loss
+            is not re-evaluated and the history is empty.
+
+        **Returns:**
+
+        A [`eqbayes.Result`][].
+        """
+        steps_done = int(state.step)
+        plain = unwrap(state.model)
+
+        def samples_of(x):
+            if not is_group(x):
+                return None
+            return chronological(x.config, x.state.samples, steps_done)
+
+        samples = jax.tree.map(samples_of, state.model, is_leaf=is_group)
+        diagnostics = {}
+        for group in _groups(state.model):
+            diag = chronological(group.config, group.state.diagnostics, steps_done)
+            empty = not jax.tree.leaves(diag)
+            diagnostics[group.name] = None if empty else diag
+        if history is None:
+            history = History(jnp.zeros((0,)), {})
+        return Result(plain, Posterior(samples, diagnostics, plain), history)
+
+    # -- run ------------------------------------------------------------------------
+
+    def run(
+        self,
+        model: PyTree,
+        steps: int | None = None,
+        *,
+        key: PRNGKeyArray,
+        args: Sequence[Any] = (),
+        data: PyTree | None = None,
+        batch_size: int | None = None,
+        state: SolverState | None = None,
+    ) -> Result:
+        """Runs a whole solve in compiled chunks and returns its result.
+
+        **Arguments:**
+
+        - `model`: the marked model (see [`eqbayes.bayesian`][]).
+        - `steps`: solver steps; `None` means the longest group's
+            `warmup + keep * thin`. A longer solve keeps each group's last `keep`
+            draws.
+        - `key`: a JAX PRNG key (`jax.random.key(0)`); same key, same chain.
+        - `args`: extra arguments of the loss, `loss(model, *args)`.
+        - `data`: optional data, passed as `loss(model, data, *args)`.
+        - `batch_size`: reserved for minibatches (not available yet).
+        - `state`: continue from this state (e.g. a saved one) instead of
+            initialising; `steps` then counts the further steps (default: to the
+            end of the longest group's schedule).
+
+        **Returns:**
+
+        A [`eqbayes.Result`][].
+        """
+        if state is None:
+            state = self.init(model, key=key, args=args, data=data, batch_size=batch_size)
+        args = self._loss_args(args, data)
+        groups = _groups(state.model)
+        done = int(state.step)
+        needed = max(g.config.steps for g in groups)
+        if steps is None:
+            steps = max(needed - done, 0)
+        elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(_STEPS_TYPE.format(steps=steps))
+        for g in groups:
+            if done + steps < g.config.steps:
+                c = g.config
+                raise ValueError(
+                    _STEPS.format(
+                        steps=steps, name=g.name, need=c.steps - done,
+                        warmup=c.warmup, keep=c.keep, thin=c.thin,
+                    )
+                )
+        chunk = self.print_every or max(1, math.ceil(steps / 10))
+        configs = {(g.config.warmup, g.config.keep, g.config.thin) for g in groups}
+        fast = len(configs) == 1 and done == 0 and steps == needed
+        bar = _progress_bar(self.progress, steps)
+        losses = []
+        try:
+            if fast:
+                (warmup, keep, thin), = configs
+                logger.info(
+                    f"MCMC fast path: warmup {warmup} steps in one loop, then "
+                    f"{keep} draws x thin {thin} in chunks of "
+                    f"{max(1, chunk // thin)} draws."
+                )
+                if warmup > 0:
+                    state, loss = _run_fast_warmup(
+                        self.loss, state, args, jnp.asarray(warmup)
+                    )
+                    losses.append(loss)
+                    _advance(bar, warmup)
+                per_chunk = max(1, chunk // thin)
+                for start in range(0, keep, per_chunk):
+                    n = min(per_chunk, keep - start)
+                    state, loss = _run_fast_sample(
+                        self.loss, state, args, jnp.asarray(n), thin
+                    )
+                    losses.append(loss)
+                    _advance(bar, n * thin)
+            else:
+                logger.info(
+                    f"General path: {steps} steps in chunks of {chunk} "
+                    f"(fast path needs one warmup/keep/thin for all groups and a "
+                    f"fresh solve of exactly their length)."
+                )
+                for start in range(0, steps, chunk):
+                    n = min(chunk, steps - start)
+                    state, loss = _run_general(self.loss, state, args, jnp.asarray(n))
+                    losses.append(loss)
+                    _advance(bar, n)
+        finally:
+            if bar is not None:
+                bar.close()
+        history = History(jnp.stack(losses) if losses else jnp.zeros((0,)), {})
+        result = self.result(state, history)
+        for name, diagnostics in result.posterior.diagnostics.items():
+            logger.info(_summarise(name, diagnostics))
+        return result
+
+
+def _progress_bar(enabled: bool, total: int):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        logger.debug("tqdm is not installed: no progress bar.")
+        return None
+    return tqdm(total=total, desc="eqbayes", unit="step", leave=False)
+
+
+def _advance(bar, n: int):
+    if bar is not None:
+        bar.update(n)
+
+
+__all__ = ["Solver", "SolverState", "MCMCState"]

@@ -1,0 +1,467 @@
+"""Marking: the wrappers that live inside the user's model, and `unwrap`."""
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+from jaxtyping import Array, PyTree
+
+from . import priors as _priors
+from ._custom_types import ArrayTree
+from ._kernels import FULL_DATA, check_kernel_kwargs, kernel_spec, position_of
+from ._mcmc import MCMCConfig, MCMCState
+
+
+class AbstractGroup(eqx.Module):
+    """A sub-tree of a model governed by one inference method.
+
+    `value` is the plain sub-tree as it was marked; the solver's per-group state
+    lives beside it. `eb.unwrap` replaces every group by `current()`.
+    """
+
+    value: eqx.AbstractVar[PyTree]
+    name: eqx.AbstractVar[str]
+
+    def current(self) -> PyTree:
+        """The plain sub-tree at the group's current values (chain 0)."""
+        raise NotImplementedError
+
+    def materialise(self, position: ArrayTree) -> PyTree:
+        """The plain sub-tree with its sampled leaves set to `position`."""
+        _, rest = eqx.partition(self.value, eqx.is_inexact_array)
+        return eqx.combine(position, rest)
+
+    def initial_position(self) -> ArrayTree:
+        """The sampled leaves of the marked sub-tree (None elsewhere)."""
+        return eqx.filter(self.value, eqx.is_inexact_array)
+
+
+class BayesianLeaf(AbstractGroup):
+    """A sub-tree whose floating-point leaves are sampled by an MCMC kernel.
+
+    Made by [`eqbayes.bayesian`][]; do not construct it directly. Its `value` is
+    the sub-tree as marked; after `Solver.init` its `state` holds the kernel
+    states of the K chains, the shared step size and inverse mass matrix, the
+    adaptation state and the sample buffers.
+    """
+
+    value: PyTree
+    config: MCMCConfig = eqx.field(static=True)
+    name: str = eqx.field(static=True)
+    arrays: dict[str, Array]
+    state: MCMCState | None = None
+
+    def positions(self) -> ArrayTree:
+        """The K chains' current positions (chain axis first)."""
+        assert self.state is not None
+        return position_of(self.state.kernel_state, self.config.kernel, self.name)
+
+    def current(self) -> PyTree:
+        if self.state is None:
+            return self.value
+        return self.materialise(jax.tree.map(lambda x: x[0], self.positions()))
+
+
+def is_group(x: Any) -> bool:
+    return isinstance(x, AbstractGroup)
+
+
+def unwrap(model: PyTree) -> PyTree:
+    """Returns the plain model: every eqbayes wrapper replaced by its current value.
+
+    Sampled leaves hold chain 0's current position (after a solve: its last draw),
+    in the leaf's own shape.
+
+    **Arguments:**
+
+    - `model`: a model marked with [`eqbayes.bayesian`][] (or a plain one, which is
+        returned unchanged).
+
+    **Returns:**
+
+    The model with the same structure as before marking.
+
+    !!! Example
+
+        ```python
+        marked = eb.bayesian(model, blackjax.nuts)
+        assert eqx.tree_equal(eb.unwrap(marked), model)
+        ```
+    """
+    return jax.tree.map(lambda x: x.current() if is_group(x) else x, model, is_leaf=is_group)
+
+
+def path_str(path: tuple) -> str:
+    """`layers[2].weight` from a key path."""
+    out = ""
+    for key in path:
+        if isinstance(key, GetAttrKey):
+            out += f".{key.name}"
+        elif isinstance(key, SequenceKey):
+            out += f"[{key.idx}]"
+        elif isinstance(key, DictKey):
+            out += f"[{key.key!r}]"
+        elif isinstance(key, FlattenedIndexKey):
+            out += f"[{key.key}]"
+        else:
+            out += str(key)
+    return out.lstrip(".")
+
+
+def groups_with_paths(model: PyTree) -> list[tuple[tuple, AbstractGroup]]:
+    """Every wrapper in `model`, with its key path, in flattening order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(model, is_leaf=is_group)
+    return [(path, leaf) for path, leaf in flat if is_group(leaf)]
+
+
+def _get(tree: Any, path: tuple) -> Any:
+    for key in path:
+        if isinstance(key, GetAttrKey):
+            tree = getattr(tree, key.name)
+        elif isinstance(key, SequenceKey):
+            tree = tree[key.idx]
+        elif isinstance(key, DictKey):
+            tree = tree[key.key]
+        else:  # pragma: no cover - exotic pytree nodes
+            raise TypeError(f"Cannot follow the key {key!r} of a path into a model.")
+    return tree
+
+
+_WHERE_MANY = (
+    "`eb.{fn}(..., where=...)`: `where` selected {n} sub-trees; it must select a "
+    "single one (a leaf, a layer, or the whole model). Mark several parts with "
+    "several calls, e.g. `eb.{fn}(eb.{fn}(model, ..., where=lambda m: m.a), ..., "
+    "where=lambda m: m.b)`."
+)
+_WHERE_EMPTY = (
+    "`eb.{fn}(..., where=...)` for group '{name}': the selected sub-tree has no "
+    "floating-point array leaves, so there is nothing to infer. Select a sub-tree "
+    "that holds parameters (e.g. `where=lambda m: m.layers[-1]`)."
+)
+_OVERLAP = (
+    "`eb.{fn}(..., where=...)` for group '{name}': the selected sub-tree overlaps "
+    "the group '{other}' that is already marked. A leaf can belong to one group "
+    "only; select disjoint sub-trees."
+)
+_WHERE_FAILED = (
+    "`eb.{fn}(..., where=...)`: calling `where` on the (unwrapped) model failed with "
+    "{err!r}. `where` takes the plain model and returns one of its sub-trees, "
+    "e.g. `where=lambda m: m.layers[-1]`."
+)
+
+
+def mark(
+    model: PyTree,
+    where: Callable[[PyTree], Any] | None,
+    make: Callable[[PyTree, str], AbstractGroup],
+    name: str | None,
+    fn: str,
+) -> PyTree:
+    """Wraps the sub-tree selected by `where` (on the plain model) with `make`.
+
+    Existing wrappers are looked through: they are unwrapped, the new group is
+    placed, and they are put back at their paths.
+    """
+    existing = groups_with_paths(model)
+    plain = jax.tree.map(lambda x: x.value if is_group(x) else x, model, is_leaf=is_group)
+    placeholder = _Placeholder()
+    if where is None:
+        marked = placeholder
+    else:
+        try:
+            marked = eqx.tree_at(where, plain, replace_fn=lambda _: placeholder)
+        except Exception as err:  # noqa: BLE001 - re-raised with a clear message
+            raise ValueError(_WHERE_FAILED.format(fn=fn, err=err)) from err
+    found = [
+        (path, leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(
+            marked, is_leaf=lambda x: x is placeholder
+        )[0]
+        if leaf is placeholder
+    ]
+    if len(found) != 1:
+        raise ValueError(_WHERE_MANY.format(fn=fn, n=len(found)))
+    path = found[0][0]
+    if name is None:
+        name = path_str(path) or type(plain).__name__
+    subtree = _get(plain, path) if path else plain
+    if not jax.tree.leaves(eqx.filter(subtree, eqx.is_inexact_array)):
+        raise ValueError(_WHERE_EMPTY.format(fn=fn, name=name))
+    for other_path, other in existing:
+        n = min(len(path), len(other_path))
+        if path[:n] == other_path[:n]:
+            raise ValueError(_OVERLAP.format(fn=fn, name=name, other=other.name))
+        if other.name == name:
+            raise ValueError(
+                f"`eb.{fn}(..., name={name!r})`: a group named '{name}' already exists "
+                "in this model. Give each group its own `name=`."
+            )
+    group = make(subtree, name)
+    if not path:
+        out = group
+    else:
+        out = eqx.tree_at(lambda m: _get(m, path), plain, replace=group)
+    for other_path, other in existing:
+        out = eqx.tree_at(lambda m: _get(m, other_path), out, replace=other)
+    return out
+
+
+class _Placeholder:
+    """A unique marker for the node that `where` selects."""
+
+
+# -- eb.bayesian ------------------------------------------------------------------
+
+_NEG_STEP_SIZE = (
+    "`eb.bayesian(..., step_size={value!r})` for group '{name}': the step size must "
+    "be a positive finite number, e.g. `step_size=1e-2`."
+)
+_NEED_STEP_SIZE = (
+    "`eb.bayesian(..., kernel={kernel})` for group '{name}' needs `step_size=`: "
+    "{why} Pass e.g. `step_size=1e-2`."
+)
+_INT_ARG = (
+    "`eb.bayesian(..., {arg}={value!r})` for group '{name}': `{arg}` must be an "
+    "integer {bound}; got {value!r} of type `{type}`. {fix}"
+)
+_FLOAT_ARG = (
+    "`eb.bayesian(..., {arg}={value!r})` for group '{name}': `{arg}` must be a "
+    "finite number {bound}; got {value!r} of type `{type}`. {fix}"
+)
+_PRIOR = (
+    "`eb.bayesian(..., prior={prior!r})` for group '{name}': a prior must be a "
+    "hashable callable `position -> scalar log density` (a function, or an "
+    "`eqx.Module` whose fields are Python numbers), e.g. `eb.priors.gaussian(1.0)`."
+)
+_KWARG_UNHASHABLE = (
+    "`eb.bayesian(..., {kwarg}=...)` for group '{name}': kernel keyword arguments "
+    "must be arrays or hashable values (numbers, strings, functions); got a value "
+    "of type `{type}`."
+)
+_NOT_YET = (
+    "`eb.bayesian(..., {arg}=...)` for group '{name}': {what} are not available in "
+    "this version of eqbayes."
+)
+
+
+def _check_int(value, arg, name, minimum, fix):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            _INT_ARG.format(
+                arg=arg, value=value, name=name, bound=f">= {minimum}",
+                type=type(value).__name__, fix=fix,
+            )
+        )
+    if value < minimum:
+        raise ValueError(
+            _INT_ARG.format(
+                arg=arg, value=value, name=name, bound=f">= {minimum}",
+                type=type(value).__name__, fix=fix,
+            )
+        )
+    return int(value)
+
+
+def _check_float(value, arg, name, *, positive, fix):
+    bound = "> 0" if positive else ">= 0"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = None
+    if x is None or isinstance(value, bool):
+        raise TypeError(
+            _FLOAT_ARG.format(
+                arg=arg, value=value, name=name, bound=bound,
+                type=type(value).__name__, fix=fix,
+            )
+        )
+    if not math.isfinite(x) or x < 0 or (positive and x == 0):
+        raise ValueError(
+            _FLOAT_ARG.format(
+                arg=arg, value=value, name=name, bound=bound,
+                type=type(value).__name__, fix=fix,
+            )
+        )
+    return x
+
+
+def bayesian(
+    model: PyTree,
+    kernel: Callable[..., Any],
+    *,
+    where: Callable[[PyTree], Any] | None = None,
+    mask: PyTree[bool] | None = None,
+    prior: Callable[[ArrayTree], Any] | None = None,
+    warmup: int = 500,
+    keep: int = 1000,
+    thin: int = 1,
+    num_chains: int = 1,
+    init_jitter: float = 0.0,
+    adapt: bool = True,
+    likelihood_scale: float = 1.0,
+    init: Any = None,
+    name: str | None = None,
+    **kernel_kwargs: Any,
+) -> PyTree:
+    r"""Marks a sub-tree of `model` to be sampled by a blackjax MCMC kernel.
+
+    The selected sub-tree (a leaf, a layer, the whole model) is replaced by a
+    [`eqbayes.BayesianLeaf`][]; the model is otherwise unchanged, and
+    [`eqbayes.unwrap`][] gives the plain model back. Its floating-point array
+    leaves form the group's position $\theta$, sampled from
+
+    $$\log p(\theta) = -\text{likelihood\_scale} \cdot \text{loss}(\text{model}(\theta), \dots) + \log \text{prior}(\theta)$$
+
+    with every other part of the model at its current value. Several groups in one
+    model are stepped in a fixed cycle (Metropolis-within-Gibbs), one transition
+    per group per solver step.
+
+    **Arguments:**
+
+    - `model`: any pytree, usually an `eqx.Module`; may already hold other groups.
+    - `kernel`: a full-data kernel factory: `blackjax.nuts`, `blackjax.hmc`,
+        `blackjax.mala`, or any `(logdensity_fn, **kwargs) -> blackjax.SamplingAlgorithm`.
+        The family is read from the name of its first parameter.
+    - `where`: selects the sub-tree, like `eqx.tree_at`'s `where`
+        (e.g. `lambda m: m.layers[-1]`); `None` means the whole model. It always
+        sees the plain model, so groups can be added one call at a time.
+    - `mask`: reserved for masked groups (not available yet).
+    - `prior`: a callable `position -> log density`, seeing only this group's
+        position; `None` means `eb.priors.gaussian(10.0)`.
+    - `warmup`: solver steps spent warming up before any draw is kept. For
+        HMC-family kernels (NUTS, HMC) with `adapt=True`, window adaptation tunes
+        the step size and a diagonal inverse mass matrix during these steps (dense
+        when you pass a 2-D `inverse_mass_matrix`); otherwise they are discarded.
+    - `keep`: draws to keep per chain.
+    - `thin`: keep one draw every `thin` post-warmup steps.
+    - `num_chains`: independent chains K, run in parallel with `jax.vmap`. All
+        groups of one solve must have the same K.
+    - `init_jitter`: chain k starts at θ₀ + init_jitter·N(0, I).
+    - `adapt`: run window adaptation for HMC-family kernels (ignored, with a log
+        line, for other kernels).
+    - `likelihood_scale`: the factor on the loss. For a mean-squared-error loss
+        over N points with Gaussian noise σ, `N / (2 σ²)` makes the log density
+        the exact Gaussian log-likelihood.
+    - `init`: reserved for log-density-aware initialisers (not available yet).
+    - `name`: the group's name in diagnostics and logs; defaults to the `where`
+        path (`"layers[2]"`) or the model's class name.
+    - `**kernel_kwargs`: forwarded to `kernel`, e.g. `step_size=1e-2`,
+        `num_integration_steps=16`, `inverse_mass_matrix=...`. `step_size` is
+        required except for HMC-family kernels with `adapt=True` and
+        `warmup > 0`, where it is the initial step size of the adaptation
+        (default 1.0). `inverse_mass_matrix` defaults to the identity.
+
+    **Returns:**
+
+    A new model with the sub-tree wrapped.
+
+    !!! Example
+
+        ```python
+        model = eb.bayesian(model, blackjax.nuts, where=lambda m: m.layers[-1],
+                            num_chains=4, warmup=500, keep=1000)
+        result = eb.Solver(loss).run(model, key=jax.random.key(0), args=(x, y))
+        ```
+    """
+
+    def make(subtree: PyTree, group_name: str) -> BayesianLeaf:
+        if mask is not None:
+            raise NotImplementedError(
+                _NOT_YET.format(arg="mask", name=group_name, what="masked groups")
+            )
+        if init is not None:
+            raise NotImplementedError(
+                _NOT_YET.format(
+                    arg="init", name=group_name, what="log-density-aware initialisers"
+                )
+            )
+        spec = kernel_spec(kernel, group_name)
+        assert spec.family == FULL_DATA
+        w = _check_int(warmup, "warmup", group_name, 0, "Use `warmup=0` for none.")
+        k = _check_int(keep, "keep", group_name, 1, "Keep at least one draw.")
+        t = _check_int(thin, "thin", group_name, 1, "`thin=1` keeps every draw.")
+        c = _check_int(
+            num_chains, "num_chains", group_name, 1, "`num_chains=1` runs one chain."
+        )
+        jitter = _check_float(
+            init_jitter, "init_jitter", group_name, positive=False,
+            fix="`init_jitter=0.0` starts every chain at the model's values.",
+        )
+        scale = _check_float(
+            likelihood_scale, "likelihood_scale", group_name, positive=False,
+            fix="For an MSE loss with noise σ over N points use N / (2σ²).",
+        )
+        kwargs = dict(kernel_kwargs)
+        step_size = kwargs.pop("step_size", None)
+        if step_size is not None:
+            try:
+                ok = math.isfinite(float(step_size)) and float(step_size) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(
+                    _NEG_STEP_SIZE.format(value=step_size, name=group_name)
+                )
+            step_size = float(step_size)
+        adapts = bool(adapt) and spec.is_hmc_family and w > 0
+        if step_size is None and "step_size" in spec.parameters and not adapts:
+            if spec.is_hmc_family and not adapt:
+                why = "with `adapt=False` nothing tunes the step size."
+            elif spec.is_hmc_family:
+                why = "with `warmup=0` there are no steps to adapt it in."
+            else:
+                why = (
+                    f"`{spec.name}` has no step-size adaptation (only HMC-family "
+                    "kernels are adapted)."
+                )
+            raise ValueError(
+                _NEED_STEP_SIZE.format(kernel=spec.name, name=group_name, why=why)
+            )
+        if step_size is not None:
+            kwargs["step_size"] = step_size
+        check_kernel_kwargs(spec, kwargs, group_name)
+        kwargs.pop("step_size", None)
+        arrays = {}
+        static = []
+        for key, value in sorted(kwargs.items()):
+            if eqx.is_array_like(value) and not isinstance(value, (bool, int, float)):
+                arrays[key] = jnp.asarray(value)
+            else:
+                try:
+                    hash(value)
+                except TypeError:
+                    raise TypeError(
+                        _KWARG_UNHASHABLE.format(
+                            kwarg=key, name=group_name, type=type(value).__name__
+                        )
+                    ) from None
+                static.append((key, value))
+        the_prior = _priors.gaussian(10.0) if prior is None else prior
+        try:
+            hash(the_prior)
+            callable_prior = callable(the_prior)
+        except TypeError:
+            callable_prior = False
+        if not callable_prior:
+            raise TypeError(_PRIOR.format(prior=the_prior, name=group_name))
+        config = MCMCConfig(
+            kernel=spec,
+            prior=the_prior,
+            warmup=w,
+            keep=k,
+            thin=t,
+            num_chains=c,
+            init_jitter=jitter,
+            adapt=bool(adapt),
+            likelihood_scale=scale,
+            step_size=step_size,
+            static_kwargs=tuple(static),
+        )
+        return BayesianLeaf(subtree, config, group_name, arrays)
+
+    return mark(model, where, make, name, "bayesian")

@@ -1,0 +1,40 @@
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def getkey():
+    """Returns a function that hands out fresh, deterministic keys."""
+    base = jr.key(5678)
+    counter = iter(range(10**6))
+
+    def _getkey():
+        return jr.fold_in(base, next(counter))
+
+    return _getkey
+
+
+def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8) -> bool:
+    """True when two pytrees have the same structure and close leaves."""
+    if jax.tree.structure(x) != jax.tree.structure(y):
+        return False
+    return all(
+        bool(jnp.allclose(a, b, rtol=rtol, atol=atol))
+        for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))
+    )
+
+
+def tree_equal(x, y) -> bool:
+    """True when two pytrees are bitwise equal."""
+    if jax.tree.structure(x) != jax.tree.structure(y):
+        return False
+    return all(
+        bool(jnp.array_equal(a, b))
+        for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))
+    )
