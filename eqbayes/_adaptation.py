@@ -45,6 +45,12 @@ def _blocks(is_diagonal: bool):
     )
 
 
+def _as_arrays(tree):
+    """Python numbers in blackjax's states as (weakly typed) JAX arrays, so that
+    the state is a pure array pytree (a loop carry, a checkpoint)."""
+    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+
+
 def window_init(
     position: ArrayTree,
     step_size: Float[Array, ""],
@@ -55,9 +61,11 @@ def window_init(
     is_diagonal = inverse_mass_matrix.ndim == 1
     (mm_init, _, _), (da_init, _, _) = _blocks(is_diagonal)
     flat, _ = jax.flatten_util.ravel_pytree(position)
-    imm_state = mm_init(flat.size, inverse_mass_matrix)
-    ss_state = da_init(step_size)
-    schedule = jnp.asarray(build_schedule(warmup), dtype=jnp.int32).reshape(warmup, 2)
+    imm_state = _as_arrays(mm_init(flat.size, inverse_mass_matrix))
+    ss_state = _as_arrays(da_init(step_size))
+    with jax.numpy_dtype_promotion("standard"):  # blackjax mixes bools and ints
+        schedule = build_schedule(warmup)
+    schedule = jnp.asarray(schedule, dtype=jnp.int32).reshape(warmup, 2)
     return WindowAdaptationState(ss_state, imm_state, schedule, is_diagonal)
 
 

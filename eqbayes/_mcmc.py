@@ -261,8 +261,8 @@ def record(
         return buffer.at[:, slot].set(value)
 
     samples = jax.tree.map(write, state.samples, position)
-    diagnostics = jax.tree.map(
-        write, state.diagnostics, KernelDiagnostics(**info)
+    diagnostics = KernelDiagnostics(
+        **{f: write(getattr(state.diagnostics, f), v) for f, v in info.items()}
     )
     return eqx.tree_at(
         lambda s: (s.samples, s.diagnostics), state, (samples, diagnostics)

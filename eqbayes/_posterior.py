@@ -85,7 +85,7 @@ class Posterior(eqx.Module):
         *args: Any,
         samples: str = "auto",
         batch_size: int | None = None,
-    ) -> PyTree[Array]:
+    ) -> PyTree:
         """Evaluates `fn(model, *args)` at every posterior draw.
 
         The nonlinear pushforward: for a neural network, the mean of the

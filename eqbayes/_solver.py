@@ -192,6 +192,16 @@ def _init_states(loss, model, key, args):
     return jax.tree.unflatten(treedef, new)
 
 
+def _fori(num, body, state):
+    """`lax.fori_loop` over a state that may hold non-array leaves (activations)."""
+    dynamic, static = eqx.partition(state, eqx.is_array)
+
+    def array_body(i, dynamic):
+        return eqx.filter(body(i, eqx.combine(dynamic, static)), eqx.is_array)
+
+    return eqx.combine(jax.lax.fori_loop(0, num, array_body, dynamic), static)
+
+
 @eqx.filter_jit
 def _step(loss, state, args):
     return _transition(loss, state, args, phase="any", recording="auto")
@@ -202,7 +212,7 @@ def _run_general(loss, state, args, num_steps):
     def body(_, s):
         return _transition(loss, s, args, phase="any", recording="auto")
 
-    state = jax.lax.fori_loop(0, num_steps, body, state)
+    state = _fori(num_steps, body, state)
     return state, jnp.mean(_chain_losses(loss, state.model, args))
 
 
@@ -211,7 +221,7 @@ def _run_fast_warmup(loss, state, args, num_steps):
     def body(_, s):
         return _transition(loss, s, args, phase="warmup", recording="never")
 
-    state = jax.lax.fori_loop(0, num_steps, body, state)
+    state = _fori(num_steps, body, state)
     return state, jnp.mean(_chain_losses(loss, state.model, args))
 
 
@@ -221,10 +231,10 @@ def _run_fast_sample(loss, state, args, num_draws, thin: int):
         return _transition(loss, s, args, phase="sample", recording="never")
 
     def draw(_, s):
-        s = jax.lax.fori_loop(0, thin - 1, skip, s)
+        s = _fori(thin - 1, skip, s)
         return _transition(loss, s, args, phase="sample", recording="always")
 
-    state = jax.lax.fori_loop(0, num_draws, draw, state)
+    state = _fori(num_draws, draw, state)
     return state, jnp.mean(_chain_losses(loss, state.model, args))
 
 
@@ -407,7 +417,7 @@ class Solver(eqx.Module):
 
     def _check_loss(self, model, args):
         try:
-            out = eqx.filter_eval_shape(self.loss, unwrap(model), *args)
+            out = _loss_shape(self.loss, unwrap(model), args)
         except Exception as err:  # noqa: BLE001 - re-raised with context
             raise type(err)(_LOSS_FAILED.format(err=err)) from err
         if not (
@@ -574,6 +584,27 @@ class Solver(eqx.Module):
         for name, diagnostics in result.posterior.diagnostics.items():
             logger.info(_summarise(name, diagnostics))
         return result
+
+
+_LOSS_SHAPES: dict[Any, Any] = {}
+
+
+def _loss_shape(loss, model, args):
+    """`eqx.filter_eval_shape` of the loss, remembered per loss and input shapes so
+    that a repeated solve does not trace the loss again."""
+    leaves, treedef = jax.tree.flatten((model, args))
+    signature = tuple(
+        (x.shape, x.dtype, getattr(x, "weak_type", False)) if eqx.is_array(x) else x
+        for x in leaves
+    )
+    try:
+        key = (loss, treedef, signature)
+        hash(key)
+    except TypeError:
+        return eqx.filter_eval_shape(loss, model, *args)
+    if key not in _LOSS_SHAPES:
+        _LOSS_SHAPES[key] = eqx.filter_eval_shape(loss, model, *args)
+    return _LOSS_SHAPES[key]
 
 
 def _progress_bar(enabled: bool, total: int):

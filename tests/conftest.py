@@ -1,3 +1,4 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -31,10 +32,5 @@ def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8) -> bool:
 
 
 def tree_equal(x, y) -> bool:
-    """True when two pytrees are bitwise equal."""
-    if jax.tree.structure(x) != jax.tree.structure(y):
-        return False
-    return all(
-        bool(jnp.array_equal(a, b))
-        for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))
-    )
+    """True when two pytrees have the same structure and bitwise-equal arrays."""
+    return bool(eqx.tree_equal(x, y))
