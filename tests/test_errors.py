@@ -1,0 +1,209 @@
+"""Every misconfiguration is a clear eqbayes error before anything is compiled."""
+
+import re
+
+import blackjax
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+import optax
+import pytest
+from problems import Coefficients, mse, sincos_data
+
+import eqbayes as eb
+from eqbayes._solver import _as_key
+
+
+DATA = sincos_data()
+MODEL = Coefficients(jnp.array(3.0), jnp.array(-2.5))
+
+
+def _solve(model, loss=mse, **kwargs):
+    return eb.Solver(loss, progress=False).init(model, key=jr.key(0), args=DATA, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, why",
+    [
+        (dict(kernel=blackjax.mala), "`mala` has no step-size adaptation"),
+        (dict(kernel=blackjax.nuts, adapt=False), "with `adapt=False` nothing tunes"),
+        (dict(kernel=blackjax.nuts, warmup=0), "with `warmup=0` there are no steps"),
+    ],
+)
+def test_missing_step_size(kwargs, why):
+    kernel = kwargs.pop("kernel")
+    with pytest.raises(ValueError, match=re.escape(why)):
+        eb.bayesian(MODEL, kernel, **kwargs)
+    name = kernel.differentiable.__module__.rsplit(".", 1)[-1]
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"`eb.bayesian(..., kernel={name})` for group 'Coefficients' "),
+    ):
+        eb.bayesian(MODEL, kernel, **kwargs)
+
+
+def test_unknown_kernel_family():
+    def not_a_kernel(x, step_size):
+        pass
+
+    with pytest.raises(TypeError, match=re.escape("cannot tell the kernel family")):
+        eb.bayesian(MODEL, not_a_kernel, step_size=0.1)
+    with pytest.raises(TypeError, match=re.escape("this is a variational family")):
+        eb.bayesian(MODEL, blackjax.meanfield_vi)
+
+
+def test_stochastic_gradient_kernels_are_recognised():
+    with pytest.raises(
+        NotImplementedError, match=re.escape("stochastic-gradient kernels")
+    ):
+        eb.bayesian(MODEL, blackjax.sgld, step_size=1e-4)
+
+
+def test_mismatched_num_chains():
+    model = eb.bayesian(MODEL, blackjax.nuts, where=lambda m: m.a, num_chains=2)
+    model = eb.bayesian(model, blackjax.nuts, where=lambda m: m.b, num_chains=3)
+    with pytest.raises(
+        ValueError, match=re.escape("'a' has num_chains=2, 'b' has num_chains=3")
+    ):
+        _solve(model)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match, error",
+    [
+        (dict(keep=0), "`keep` must be an integer >= 1", ValueError),
+        (dict(thin=0), "`thin` must be an integer >= 1", ValueError),
+        (dict(warmup=-1), "`warmup` must be an integer >= 0", ValueError),
+        (dict(num_chains=0), "`num_chains` must be an integer >= 1", ValueError),
+        (dict(step_size=-0.1), "the step size must be a positive finite number",
+         ValueError),
+        (dict(step_size=float("nan")), "positive finite number", ValueError),
+        (dict(init_jitter=-1.0), "`init_jitter` must be a finite number >= 0",
+         ValueError),
+        (dict(likelihood_scale=-1.0), "`likelihood_scale` must be a finite number",
+         ValueError),
+        (dict(num_integration_steps=3), "the kernel does not take "
+         "`num_integration_steps`", TypeError),
+        (dict(max_num_doublings=[1]), "kernel keyword arguments must be arrays or "
+         "hashable", TypeError),
+    ],
+)
+def test_bad_arguments(kwargs, match, error):
+    with pytest.raises(error, match=re.escape(match)):
+        eb.bayesian(MODEL, blackjax.nuts, **kwargs)
+
+
+def test_unhashable_prior():
+    class ArrayPrior(eqx.Module):
+        scale: jnp.ndarray
+
+        def __call__(self, position):
+            return -jnp.sum(jnp.abs(position.a)) / self.scale
+
+    with pytest.raises(TypeError, match=re.escape("a prior must be a hashable")):
+        eb.bayesian(MODEL, blackjax.nuts, prior=ArrayPrior(jnp.array(1.0)))
+
+
+def test_missing_required_kernel_argument():
+    with pytest.raises(TypeError, match=re.escape("the kernel needs "
+                                                  "`num_integration_steps=`")):
+        eb.bayesian(MODEL, blackjax.hmc)
+
+
+def test_student_t_df():
+    with pytest.raises(ValueError, match=re.escape("`df` must be > 2")):
+        eb.priors.student_t(df=2.0)
+
+
+def test_loss_not_scalar():
+    model = eb.bayesian(MODEL, blackjax.nuts)
+
+    def vector_loss(model, f1, f2, y):
+        return (model(f1, f2) - y) ** 2
+
+    with pytest.raises(
+        ValueError,
+        match=re.escape("the loss must return a scalar, but `loss(model, *args)` "
+                        "returned an array of shape (101,)"),
+    ):
+        _solve(model, loss=vector_loss)
+
+
+def test_where_selects_no_inexact_array():
+    class WithCount(eqx.Module):
+        weight: jnp.ndarray
+        count: jnp.ndarray
+
+    model = WithCount(jnp.ones(3), jnp.array(3))
+    with pytest.raises(
+        ValueError,
+        match=re.escape("for group 'count': the selected sub-tree has no "
+                        "floating-point array leaves"),
+    ):
+        eb.bayesian(model, blackjax.nuts, where=lambda m: m.count)
+
+
+def test_where_failing_or_selecting_many():
+    with pytest.raises(ValueError, match=re.escape("calling `where` on the")):
+        eb.bayesian(MODEL, blackjax.nuts, where=lambda m: m.c)
+    with pytest.raises(ValueError, match=re.escape("`where` selected 2 sub-trees")):
+        eb.bayesian(MODEL, blackjax.nuts, where=lambda m: (m.a, m.b))
+
+
+def test_overlapping_groups():
+    mlp = eqx.nn.MLP(1, 1, 4, 1, key=jr.key(0))
+    marked = eb.bayesian(mlp, blackjax.nuts, where=lambda m: m.layers[0])
+    with pytest.raises(
+        ValueError,
+        match=re.escape("overlaps the group 'layers[0]' that is already marked"),
+    ):
+        eb.bayesian(marked, blackjax.nuts, where=lambda m: m.layers[0].weight)
+    with pytest.raises(ValueError, match=re.escape("overlaps the group")):
+        eb.bayesian(marked, blackjax.nuts)
+    with pytest.raises(ValueError, match=re.escape("a group named 'x' already")):
+        eb.bayesian(
+            eb.bayesian(mlp, blackjax.nuts, where=lambda m: m.layers[0], name="x"),
+            blackjax.nuts, where=lambda m: m.layers[1], name="x",
+        )
+
+
+def test_inverse_mass_matrix_shape():
+    model = eb.bayesian(MODEL, blackjax.nuts, inverse_mass_matrix=jnp.ones(3))
+    with pytest.raises(
+        ValueError,
+        match=re.escape("the inverse mass matrix must have shape (2,) (diagonal) or "
+                        "(2, 2) (dense); got shape (3,)"),
+    ):
+        _solve(model)
+
+
+def test_steps_too_short():
+    model = eb.bayesian(MODEL, blackjax.nuts, warmup=10, keep=10)
+    with pytest.raises(ValueError, match=re.escape("group 'Coefficients' needs 20 steps")):
+        eb.Solver(mse, progress=False).run(model, steps=5, key=jr.key(0), args=DATA)
+
+
+def test_bad_key_and_solver_options():
+    model = eb.bayesian(MODEL, blackjax.nuts)
+    # Keys that pass the annotation but are not one key (the annotation catches
+    # the rest when type checking is on; `_as_key` catches them when it is off).
+    with pytest.raises(ValueError, match=re.escape("a batch of keys, shape (3,)")):
+        _as_key(jr.split(jr.key(0), 3), "init")
+    with pytest.raises(TypeError, match=re.escape("`key` must be a JAX PRNG key")):
+        _as_key(0, "init")
+    with pytest.raises(ValueError, match=re.escape("`print_every` must be a positive")):
+        eb.Solver(mse, print_every=0)
+    with pytest.raises(NotImplementedError, match=re.escape("optax parts")):
+        eb.Solver(mse, optimizer=optax.adam(1e-3))
+    with pytest.raises(ValueError, match=re.escape("no Bayesian groups")):
+        eb.Solver(mse).init(MODEL, key=jr.key(0), args=DATA)
+
+
+def test_unknown_samples_and_strategy():
+    posterior = eb.Posterior(Coefficients(None, None), {}, MODEL)
+    with pytest.raises(ValueError, match=re.escape("`samples` must be one of 'auto'")):
+        posterior.predict(lambda m: m.a, samples="mean")
+    with pytest.raises(ValueError, match="strategy"):
+        eb.rhat(jnp.ones((2, 10)), strategy="bulk")
+    with pytest.raises(ValueError, match="one chain"):
+        eb.rhat(jnp.ones((1, 10)), strategy="multichain")
