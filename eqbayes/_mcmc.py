@@ -245,7 +245,8 @@ def record(
 
     A draw is taken after every `thin`-th post-warmup step; buffers are rings of
     `keep` slots, so a longer solve keeps the last `keep` draws. With `always=True`
-    the caller guarantees that `step` is such a step.
+    the slot of `step`'s draw is written unconditionally: the caller runs whole
+    draws past warmup, so the last write to each slot is its draw.
     """
     offset = step - config.warmup
     slot = (offset // config.thin) % config.keep

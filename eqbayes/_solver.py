@@ -226,15 +226,13 @@ def _run_fast_warmup(loss, state, args, num_steps):
 
 
 @eqx.filter_jit
-def _run_fast_sample(loss, state, args, num_draws, thin: int):
-    def skip(_, s):
-        return _transition(loss, s, args, phase="sample", recording="never")
-
-    def draw(_, s):
-        s = _fori(thin - 1, skip, s)
+def _run_fast_sample(loss, state, args, num_steps):
+    # Every step of a draw writes the same buffer slot, so the last one (the
+    # `thin`-th) is what is kept: one kernel in the program, no condition.
+    def body(_, s):
         return _transition(loss, s, args, phase="sample", recording="always")
 
-    state = _fori(num_draws, draw, state)
+    state = _fori(num_steps, body, state)
     return state, jnp.mean(_chain_losses(loss, state.model, args))
 
 
@@ -561,7 +559,7 @@ class Solver(eqx.Module):
                 for start in range(0, keep, per_chunk):
                     n = min(per_chunk, keep - start)
                     state, loss = _run_fast_sample(
-                        self.loss, state, args, jnp.asarray(n), thin
+                        self.loss, state, args, jnp.asarray(n * thin)
                     )
                     losses.append(loss)
                     _advance(bar, n * thin)
