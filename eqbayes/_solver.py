@@ -517,11 +517,10 @@ class Solver(eqx.Module):
 
         A [`eqbayes.Result`][].
         """
-        if state is None:
-            state = self.init(model, key=key, args=args, data=data, batch_size=batch_size)
-        args = self._loss_args(args, data)
-        groups = _groups(state.model)
-        done = int(state.step)
+        groups = _groups(model if state is None else state.model)
+        if not groups:
+            raise ValueError(_NO_GROUPS)
+        done = 0 if state is None else int(state.step)
         needed = max(g.config.steps for g in groups)
         if steps is None:
             steps = max(needed - done, 0)
@@ -536,12 +535,15 @@ class Solver(eqx.Module):
                         warmup=c.warmup, keep=c.keep, thin=c.thin,
                     )
                 )
+        if state is None:
+            state = self.init(model, key=key, args=args, data=data, batch_size=batch_size)
+        args = self._loss_args(args, data)
         chunk = self.print_every or max(1, math.ceil(steps / 10))
         configs = {(g.config.warmup, g.config.keep, g.config.thin) for g in groups}
         fast = len(configs) == 1 and done == 0 and steps == needed
         bar = _progress_bar(self.progress, steps)
         losses = []
-        try:
+        with _logging_around(bar):
             if fast:
                 (warmup, keep, thin), = configs
                 logger.info(
@@ -553,7 +555,7 @@ class Solver(eqx.Module):
                     state, loss = _run_fast_warmup(
                         self.loss, state, args, jnp.asarray(warmup)
                     )
-                    losses.append(loss)
+                    losses.append(np.asarray(loss))  # one host transfer per chunk
                     _advance(bar, warmup)
                 per_chunk = max(1, chunk // thin)
                 for start in range(0, keep, per_chunk):
@@ -561,7 +563,7 @@ class Solver(eqx.Module):
                     state, loss = _run_fast_sample(
                         self.loss, state, args, jnp.asarray(n * thin)
                     )
-                    losses.append(loss)
+                    losses.append(np.asarray(loss))  # one host transfer per chunk
                     _advance(bar, n * thin)
             else:
                 logger.info(
@@ -572,12 +574,9 @@ class Solver(eqx.Module):
                 for start in range(0, steps, chunk):
                     n = min(chunk, steps - start)
                     state, loss = _run_general(self.loss, state, args, jnp.asarray(n))
-                    losses.append(loss)
+                    losses.append(np.asarray(loss))  # one host transfer per chunk
                     _advance(bar, n)
-        finally:
-            if bar is not None:
-                bar.close()
-        history = History(jnp.stack(losses) if losses else jnp.zeros((0,)), {})
+        history = History(jnp.asarray(np.stack(losses)) if losses else jnp.zeros((0,)), {})
         result = self.result(state, history)
         for name, diagnostics in result.posterior.diagnostics.items():
             logger.info(_summarise(name, diagnostics))
@@ -614,6 +613,21 @@ def _progress_bar(enabled: bool, total: int):
         logger.debug("tqdm is not installed: no progress bar.")
         return None
     return tqdm(total=total, desc="eqbayes", unit="step", leave=False)
+
+
+def _logging_around(bar):
+    """Routes eqbayes's log lines through the progress bar so they don't collide,
+    and closes the bar at the end."""
+    import contextlib
+
+    if bar is None:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    stack = contextlib.ExitStack()
+    stack.callback(bar.close)
+    stack.enter_context(logging_redirect_tqdm(loggers=[logger]))
+    return stack
 
 
 def _advance(bar, n: int):
