@@ -11,8 +11,8 @@ from ._mcmc import KernelDiagnostics as KernelDiagnostics
 from ._posterior import History as History, Posterior as Posterior, Result as Result
 from ._solver import Solver as Solver, SolverState as SolverState
 from ._wrappers import (
-    BayesianLeaf as BayesianLeaf,
     bayesian as bayesian,
+    BayesianLeaf as BayesianLeaf,
     unwrap as unwrap,
 )
 from .diagnostics import ess as ess, rhat as rhat

@@ -48,7 +48,9 @@ def _blocks(is_diagonal: bool):
 def _as_arrays(tree):
     """Python numbers in blackjax's states as (weakly typed) JAX arrays, so that
     the state is a pure array pytree (a loop carry, a checkpoint)."""
-    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+    return jax.tree.map(
+        lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree
+    )
 
 
 def window_init(
@@ -111,7 +113,9 @@ def window_update(
     ss_state, imm_state = jax.lax.cond(
         window_end == 1, end_window, lambda s: s, (ss_state, imm_state)
     )
-    state = eqx.tree_at(lambda s: (s.ss_state, s.imm_state), state, (ss_state, imm_state))
+    state = eqx.tree_at(
+        lambda s: (s.ss_state, s.imm_state), state, (ss_state, imm_state)
+    )
     is_last = step == state.schedule.shape[0] - 1
     step_size = jnp.where(
         is_last, jnp.exp(ss_state.log_step_size_avg), jnp.exp(ss_state.log_step_size)

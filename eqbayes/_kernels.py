@@ -39,12 +39,13 @@ _NOT_CALLABLE = (
     "`{type}`."
 )
 _VI_KERNEL = (
-    "`eb.bayesian(..., kernel={kernel_name})` for group '{name}': this is a variational "
-    "family, not an MCMC kernel. Variational fits are made with `eb.vi(...)`."
+    "`eb.bayesian(..., kernel={kernel_name})` for group '{name}': this is a "
+    "variational family, not an MCMC kernel. Variational fits are made with "
+    "`eb.vi(...)`."
 )
 _UNKNOWN_FAMILY = (
-    "`eb.bayesian(..., kernel={kernel_name})` for group '{name}': cannot tell the kernel "
-    "family. The first parameter of the factory must be named `logdensity_fn` "
+    "`eb.bayesian(..., kernel={kernel_name})` for group '{name}': cannot tell the "
+    "kernel family. The first parameter of the factory must be named `logdensity_fn` "
     "(full-data MCMC) or `grad_estimator` (stochastic-gradient MCMC); this one's "
     "parameters are {params}. Rename the first parameter of your factory, e.g. "
     "`def my_kernel(logdensity_fn, step_size): ...`."
@@ -102,7 +103,7 @@ class KernelSpec:
         return self.var_keyword or kwarg in self.parameters
 
     def build(self, logdensity_fn: Callable, **kwargs: Any) -> Any:
-        """Builds the `SamplingAlgorithm`, dropping keyword arguments it does not take."""
+        """Builds the `SamplingAlgorithm`, dropping keywords it does not take."""
         kwargs = {k: v for k, v in kwargs.items() if self.accepts(k)}
         return self.factory(logdensity_fn, **kwargs)
 
@@ -152,13 +153,15 @@ def kernel_spec(factory: Any, group_name: str) -> KernelSpec:
     named = tuple(
         p.name
         for p in rest
-        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        if p.kind
+        not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     )
     required = tuple(
         p.name
         for p in rest
         if p.default is inspect.Parameter.empty
-        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and p.kind
+        not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     )
     var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in rest)
     return KernelSpec(factory, name, family, named, required, var_keyword)
@@ -181,7 +184,9 @@ def check_kernel_kwargs(spec: KernelSpec, kwargs: Mapping[str, Any], group_name:
     for kwarg in spec.required:
         if kwarg not in kwargs and kwarg not in supplied:
             raise TypeError(
-                _MISSING_KWARG.format(kernel_name=spec.name, kwarg=kwarg, name=group_name)
+                _MISSING_KWARG.format(
+                    kernel_name=spec.name, kwarg=kwarg, name=group_name
+                )
             )
 
 

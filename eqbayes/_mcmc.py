@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from ._adaptation import WindowAdaptationState, window_init, window_update
+from ._adaptation import window_init, window_update, WindowAdaptationState
 from ._custom_types import ArrayTree
-from ._kernels import KernelSpec, info_fields, position_of
+from ._kernels import info_fields, KernelSpec, position_of
 
 
 # `(position) -> log density` for one chain, given the other groups' positions.
@@ -96,7 +96,7 @@ def _kernel_kwargs(
     return kwargs
 
 
-def _initial_positions(
+def initial_positions(
     position: ArrayTree, config: MCMCConfig, key: PRNGKeyArray
 ) -> ArrayTree:
     """K copies of the position, jittered by `init_jitter` when it is positive."""
@@ -250,8 +250,10 @@ def record(
     """
     offset = step - config.warmup
     slot = (offset // config.thin) % config.keep
-    take = jnp.asarray(True) if always else (offset >= 0) & (
-        offset % config.thin == config.thin - 1
+    take = (
+        jnp.asarray(True)
+        if always
+        else (offset >= 0) & (offset % config.thin == config.thin - 1)
     )
     position = position_of(state.kernel_state, config.kernel, spec_name)
 

@@ -48,7 +48,9 @@ class History(eqx.Module):
 def _predict_chain(fn, samples, model, args, batch_size):
     leaves = jax.tree.leaves(samples)
     num_chains, num_draws = leaves[0].shape[:2]
-    flat = jax.tree.map(lambda x: x.reshape(num_chains * num_draws, *x.shape[2:]), samples)
+    flat = jax.tree.map(
+        lambda x: x.reshape(num_chains * num_draws, *x.shape[2:]), samples
+    )
 
     def one(draw):
         return fn(eqx.combine(draw, model), *args)
@@ -119,8 +121,10 @@ class Posterior(eqx.Module):
             raise ValueError(_SAMPLES.format(value=samples))
         if batch_size is None:
             batch_size = DEFAULT_PREDICT_BATCH
-        elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
-            batch_size < 1
+        elif (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or (batch_size < 1)
         ):
             raise ValueError(_BATCH.format(value=batch_size))
         if samples == "chain" and not self.has_chain:

@@ -14,17 +14,9 @@ import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 from ._custom_types import ArrayTree
-from ._mcmc import (
-    KernelDiagnostics,
-    MCMCState,
-    _initial_positions,
-    chronological,
-    init_state,
-    record,
-    step_state,
-)
+from ._mcmc import KernelDiagnostics, MCMCState
 from ._posterior import History, Posterior, Result
-from ._wrappers import AbstractGroup, BayesianLeaf, is_group, unwrap
+from ._wrappers import AbstractGroup, is_group, unwrap
 
 
 logger = logging.getLogger("eqbayes")
@@ -46,11 +38,6 @@ _LOSS_SHAPE = (
 _LOSS_FAILED = (
     "`Solver.init(model, ...)`: calling `loss(model, *args)` on the unwrapped model "
     "failed: {err}"
-)
-_IMM_SHAPE = (
-    "`eb.bayesian(..., inverse_mass_matrix=...)` for group '{name}': the group has "
-    "{d} sampled components, so the inverse mass matrix must have shape ({d},) "
-    "(diagonal) or ({d}, {d}) (dense); got shape {shape}."
 )
 _STEPS = (
     "`Solver.run(..., steps={steps!r})`: group '{name}' needs {need} steps "
@@ -113,8 +100,7 @@ def _logdensity_for(loss, leaves, treedef, gidx, i, args) -> Callable:
     def for_chain(others_k):
         def logdensity(theta):
             model = _plain_at(leaves, treedef, gidx, {**others_k, i: theta})
-            value = -group.config.likelihood_scale * loss(model, *args)
-            value = value + group.config.prior(theta)
+            value = group.log_density(loss(model, *args), theta)
             # A non-finite log density is a rejected (divergent) transition.
             return jnp.where(jnp.isfinite(value), value, -jnp.inf)
 
@@ -133,26 +119,15 @@ def _transition(loss, state: SolverState, args, *, phase: str, recording: str):
     key = jr.fold_in(state.key, state.step)
     refresh = len(gidx) > 1
     for n, i in enumerate(gidx):
-        group = leaves[i]
-        logdensity_for = _logdensity_for(loss, leaves, treedef, gidx, i, args)
-        new, info = step_state(
-            group.config,
-            group.arrays,
-            group.state,
+        leaves[i] = leaves[i].transition(
             jr.fold_in(key, n),
             state.step,
-            logdensity_for,
+            _logdensity_for(loss, leaves, treedef, gidx, i, args),
             _positions(leaves, gidx, exclude=i),
             refresh=refresh,
             phase=phase,
-            name=group.name,
+            recording=recording,
         )
-        if recording != "never":
-            new = record(
-                group.config, new, state.step, info, group.name,
-                always=recording == "always",
-            )
-        leaves[i] = eqx.tree_at(lambda g: g.state, group, new)
     model = jax.tree.unflatten(treedef, leaves)
     return SolverState(model, state.step + 1, state.key)
 
@@ -169,25 +144,13 @@ def _chain_losses(loss, model, args) -> Array:
 @eqx.filter_jit
 def _init_states(loss, model, key, args):
     leaves, treedef, gidx = _flatten(model)
-    starts = {
-        j: _initial_positions(
-            leaves[j].initial_position(), leaves[j].config, jr.fold_in(key, n)
-        )
-        for n, j in enumerate(gidx)
-    }
+    starts = {j: leaves[j].start(jr.fold_in(key, n)) for n, j in enumerate(gidx)}
     new = list(leaves)
     for i in gidx:
-        group = leaves[i]
-        state = init_state(
-            group.config,
-            group.arrays,
+        new[i] = leaves[i].initialise(
             starts[i],
             _logdensity_for(loss, leaves, treedef, gidx, i, args),
             {j: p for j, p in starts.items() if j != i},
-            group.name,
-        )
-        new[i] = eqx.tree_at(
-            lambda g: g.state, group, state, is_leaf=lambda x: x is None
         )
     return jax.tree.unflatten(treedef, new)
 
@@ -242,32 +205,23 @@ def _run_fast_sample(loss, state, args, num_steps):
 def _as_key(key: Any, fn: str) -> PRNGKeyArray:
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
-            raise ValueError(_KEY.format(fn=fn, what=f"a batch of keys, shape {key.shape}"))
+            raise ValueError(
+                _KEY.format(fn=fn, what=f"a batch of keys, shape {key.shape}")
+            )
         return key
-    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == jnp.uint32 and (
-        key.shape == (2,)
+    if (
+        isinstance(key, (jax.Array, np.ndarray))
+        and key.dtype == jnp.uint32
+        and (key.shape == (2,))
     ):
         return jr.wrap_key_data(key)
-    raise TypeError(_KEY.format(fn=fn, what=f"an object of type `{type(key).__name__}`"))
+    raise TypeError(
+        _KEY.format(fn=fn, what=f"an object of type `{type(key).__name__}`")
+    )
 
 
 def _groups(model: PyTree) -> list[AbstractGroup]:
     return [leaf for leaf in jax.tree.leaves(model, is_leaf=is_group) if is_group(leaf)]
-
-
-def _describe_group(group: BayesianLeaf, diagnostics: KernelDiagnostics) -> str:
-    config = group.config
-    fields = [k for k, v in vars(diagnostics).items() if v is not None]
-    if config.adapts:
-        warm = f"warmup {config.warmup} (window adaptation)"
-    else:
-        warm = f"warmup {config.warmup} (discarded)"
-    return (
-        f"Group '{group.name}': Bayesian sampling with '{config.kernel.name}' "
-        f"({config.kernel.family} MCMC), K={config.num_chains} chain(s), {warm}, "
-        f"keep {config.keep}, thin {config.thin}; diagnostics: "
-        f"{', '.join(fields) if fields else 'none (the kernel info has none of them)'}"
-    )
 
 
 def _summarise(name: str, diagnostics: KernelDiagnostics | None) -> str:
@@ -286,7 +240,9 @@ def _summarise(name: str, diagnostics: KernelDiagnostics | None) -> str:
     if diagnostics.num_integration_steps is not None:
         mean = float(jnp.mean(diagnostics.num_integration_steps))
         parts.append(f"mean integration steps {mean:.1f}")
-    return f"Group '{name}': " + (", ".join(parts) if parts else "no kernel diagnostics")
+    return f"Group '{name}': " + (
+        ", ".join(parts) if parts else "no kernel diagnostics"
+    )
 
 
 class Solver(eqx.Module):
@@ -336,7 +292,9 @@ class Solver(eqx.Module):
                 _NOT_YET.format(call="Solver(..., callbacks=...)", what="callbacks")
             )
         pe = self.print_every
-        if pe is not None and (isinstance(pe, bool) or not isinstance(pe, int) or pe < 1):
+        if pe is not None and (
+            isinstance(pe, bool) or not isinstance(pe, int) or pe < 1
+        ):
             raise ValueError(_PRINT_EVERY.format(value=pe))
 
     # -- init -> step -> result ---------------------------------------------------
@@ -373,7 +331,9 @@ class Solver(eqx.Module):
         """
         if batch_size is not None:
             raise NotImplementedError(
-                _NOT_YET.format(call="Solver.init(..., batch_size=...)", what="minibatches")
+                _NOT_YET.format(
+                    call="Solver.init(..., batch_size=...)", what="minibatches"
+                )
             )
         key = _as_key(key, "init")
         args = self._loss_args(args, data)
@@ -381,36 +341,16 @@ class Solver(eqx.Module):
         if not groups:
             raise ValueError(_NO_GROUPS)
         for group in groups:
-            if group.state is not None:
-                raise ValueError(
-                    f"`Solver.init(model, ...)`: group '{group.name}' already carries "
-                    "solver state. Pass the marked model (before solving) or resume "
-                    "with `solver.run(model, key=..., state=state)`."
-                )
-        chains = {g.name: g.config.num_chains for g in groups}
+            group.check()
+        chains = {g.name: g.num_chains for g in groups}
         if len(set(chains.values())) > 1:
             detail = ", ".join(f"'{n}' has num_chains={k}" for n, k in chains.items())
             raise ValueError(_CHAINS.format(detail=detail))
         self._check_loss(model, args)
-        for group in groups:
-            imm = group.arrays.get("inverse_mass_matrix")
-            if imm is not None:
-                flat, _ = jax.flatten_util.ravel_pytree(group.initial_position())
-                d = flat.size
-                if imm.shape not in ((d,), (d, d)):
-                    raise ValueError(
-                        _IMM_SHAPE.format(name=group.name, d=d, shape=imm.shape)
-                    )
         init_key, run_key = jr.split(key)
         model = _init_states(self.loss, model, init_key, args)
         for group in _groups(model):
-            logger.info(_describe_group(group, group.state.diagnostics))
-            if group.config.adapt and not group.config.kernel.is_hmc_family:
-                logger.info(
-                    f"Group '{group.name}': adapt=True is ignored for "
-                    f"'{group.config.kernel.name}' (only HMC-family kernels are "
-                    "adapted); its warmup steps are discarded."
-                )
+            logger.info(group.describe())
         return SolverState(model, jnp.asarray(0, jnp.int32), run_key)
 
     def _check_loss(self, model, args):
@@ -469,17 +409,14 @@ class Solver(eqx.Module):
         steps_done = int(state.step)
         plain = unwrap(state.model)
 
-        def samples_of(x):
-            if not is_group(x):
-                return None
-            return chronological(x.config, x.state.samples, steps_done)
-
-        samples = jax.tree.map(samples_of, state.model, is_leaf=is_group)
-        diagnostics = {}
-        for group in _groups(state.model):
-            diag = chronological(group.config, group.state.diagnostics, steps_done)
-            empty = not jax.tree.leaves(diag)
-            diagnostics[group.name] = None if empty else diag
+        samples = jax.tree.map(
+            lambda x: x.draws(steps_done) if is_group(x) else None,
+            state.model,
+            is_leaf=is_group,
+        )
+        diagnostics = {
+            g.name: g.kernel_diagnostics(steps_done) for g in _groups(state.model)
+        }
         if history is None:
             history = History(jnp.zeros((0,)), {})
         return Result(plain, Posterior(samples, diagnostics, plain), history)
@@ -521,31 +458,37 @@ class Solver(eqx.Module):
         if not groups:
             raise ValueError(_NO_GROUPS)
         done = 0 if state is None else int(state.step)
-        needed = max(g.config.steps for g in groups)
+        needed = max(w + k * t for w, k, t in (g.schedule for g in groups))
         if steps is None:
             steps = max(needed - done, 0)
         elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(_STEPS_TYPE.format(steps=steps))
         for g in groups:
-            if done + steps < g.config.steps:
-                c = g.config
+            warmup, keep, thin = g.schedule
+            if done + steps < warmup + keep * thin:
                 raise ValueError(
                     _STEPS.format(
-                        steps=steps, name=g.name, need=c.steps - done,
-                        warmup=c.warmup, keep=c.keep, thin=c.thin,
+                        steps=steps,
+                        name=g.name,
+                        need=warmup + keep * thin - done,
+                        warmup=warmup,
+                        keep=keep,
+                        thin=thin,
                     )
                 )
         if state is None:
-            state = self.init(model, key=key, args=args, data=data, batch_size=batch_size)
+            state = self.init(
+                model, key=key, args=args, data=data, batch_size=batch_size
+            )
         args = self._loss_args(args, data)
         chunk = self.print_every or max(1, math.ceil(steps / 10))
-        configs = {(g.config.warmup, g.config.keep, g.config.thin) for g in groups}
+        configs = {g.schedule for g in groups}
         fast = len(configs) == 1 and done == 0 and steps == needed
         bar = _progress_bar(self.progress, steps)
         losses = []
         with _logging_around(bar):
             if fast:
-                (warmup, keep, thin), = configs
+                ((warmup, keep, thin),) = configs
                 logger.info(
                     f"MCMC fast path: warmup {warmup} steps in one loop, then "
                     f"{keep} draws x thin {thin} in chunks of "
@@ -576,7 +519,9 @@ class Solver(eqx.Module):
                     state, loss = _run_general(self.loss, state, args, jnp.asarray(n))
                     losses.append(np.asarray(loss))  # one host transfer per chunk
                     _advance(bar, n)
-        history = History(jnp.asarray(np.stack(losses)) if losses else jnp.zeros((0,)), {})
+        history = History(
+            jnp.asarray(np.stack(losses)) if losses else jnp.zeros((0,)), {}
+        )
         result = self.result(state, history)
         for name, diagnostics in result.posterior.diagnostics.items():
             logger.info(_summarise(name, diagnostics))
@@ -635,4 +580,4 @@ def _advance(bar, n: int):
         bar.update(n)
 
 
-__all__ = ["Solver", "SolverState", "MCMCState"]
+__all__ = ["Solver", "SolverState", "MCMCState"]  # noqa: F822

@@ -1,5 +1,6 @@
 """Marking: the wrappers that live inside the user's model, and `unwrap`."""
 
+import abc
 import math
 import numbers
 from collections.abc import Callable
@@ -7,38 +8,105 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from jaxtyping import Array, PyTree
 
-from . import priors as _priors
+from . import _mcmc, priors as _priors
 from ._custom_types import ArrayTree
-from ._kernels import FULL_DATA, check_kernel_kwargs, kernel_spec, position_of
+from ._kernels import check_kernel_kwargs, FULL_DATA, kernel_spec, position_of
 from ._mcmc import MCMCConfig, MCMCState
+
+
+_IMM_SHAPE = (
+    "`eb.bayesian(..., inverse_mass_matrix=...)` for group '{name}': the group has "
+    "{d} sampled components, so the inverse mass matrix must have shape ({d},) "
+    "(diagonal) or ({d}, {d}) (dense); got shape {shape}."
+)
+_HAS_STATE = (
+    "`Solver.init(model, ...)`: group '{name}' already carries solver state. Pass "
+    "the marked model (before solving), or continue a solve with "
+    "`solver.run(model, key=..., state=state)`."
+)
 
 
 class AbstractGroup(eqx.Module):
     """A sub-tree of a model governed by one inference method.
 
     `value` is the plain sub-tree as it was marked; the solver's per-group state
-    lives beside it. `eb.unwrap` replaces every group by `current()`.
+    lives beside it. `eb.unwrap` replaces every group by `current()`. The Solver
+    only talks to groups through the methods below, so a new kind of group (a
+    variational fit, a masked group) plugs into the same cycle.
     """
 
     value: eqx.AbstractVar[PyTree]
     name: eqx.AbstractVar[str]
 
-    def current(self) -> PyTree:
-        """The plain sub-tree at the group's current values (chain 0)."""
-        raise NotImplementedError
+    # -- the plain sub-tree -----------------------------------------------------------
 
     def materialise(self, position: ArrayTree) -> PyTree:
-        """The plain sub-tree with its sampled leaves set to `position`."""
+        """The plain sub-tree with its inferred leaves set to `position`."""
         _, rest = eqx.partition(self.value, eqx.is_inexact_array)
         return eqx.combine(position, rest)
 
     def initial_position(self) -> ArrayTree:
-        """The sampled leaves of the marked sub-tree (None elsewhere)."""
+        """The inferred leaves of the marked sub-tree (None elsewhere)."""
         return eqx.filter(self.value, eqx.is_inexact_array)
+
+    @abc.abstractmethod
+    def current(self) -> PyTree:
+        """The plain sub-tree at the group's current values (chain 0)."""
+
+    # -- what the Solver asks ---------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def num_chains(self) -> int:
+        """K: the leading axis of `positions()`."""
+
+    @property
+    @abc.abstractmethod
+    def schedule(self) -> tuple[int, int, int]:
+        """`(warmup, keep, thin)`: the solver steps this group needs."""
+
+    @abc.abstractmethod
+    def log_density(self, loss_value: Any, position: ArrayTree) -> Any:
+        """The group's log density from the loss at `position` and its prior."""
+
+    @abc.abstractmethod
+    def start(self, key: Any) -> ArrayTree:
+        """The K starting positions (chain axis first)."""
+
+    @abc.abstractmethod
+    def initialise(self, positions, logdensity_for, others) -> "AbstractGroup":
+        """The group with its solver state built from `positions`."""
+
+    @abc.abstractmethod
+    def transition(
+        self, key, step, logdensity_for, others, *, refresh, phase, recording
+    ) -> "AbstractGroup":
+        """The group after one solver step."""
+
+    @abc.abstractmethod
+    def positions(self) -> ArrayTree:
+        """The K chains' current positions (chain axis first)."""
+
+    @abc.abstractmethod
+    def draws(self, steps_done: int) -> ArrayTree:
+        """The kept draws `(K, N, ...)`, oldest first."""
+
+    @abc.abstractmethod
+    def kernel_diagnostics(self, steps_done: int) -> Any:
+        """Per-draw diagnostics `(K, N)`, or None."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One log line on the configuration, for `Solver.init`."""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raises a clear error if the group cannot start a solve."""
 
 
 class BayesianLeaf(AbstractGroup):
@@ -56,15 +124,100 @@ class BayesianLeaf(AbstractGroup):
     arrays: dict[str, Array]
     state: MCMCState | None = None
 
-    def positions(self) -> ArrayTree:
-        """The K chains' current positions (chain axis first)."""
-        assert self.state is not None
-        return position_of(self.state.kernel_state, self.config.kernel, self.name)
-
     def current(self) -> PyTree:
         if self.state is None:
             return self.value
         return self.materialise(jax.tree.map(lambda x: x[0], self.positions()))
+
+    @property
+    def num_chains(self) -> int:
+        return self.config.num_chains
+
+    @property
+    def schedule(self) -> tuple[int, int, int]:
+        return self.config.warmup, self.config.keep, self.config.thin
+
+    def log_density(self, loss_value, position):
+        log_prior = self.config.prior(position)
+        return -self.config.likelihood_scale * loss_value + log_prior
+
+    def start(self, key):
+        return _mcmc.initial_positions(self.initial_position(), self.config, key)
+
+    def initialise(self, positions, logdensity_for, others):
+        state = _mcmc.init_state(
+            self.config, self.arrays, positions, logdensity_for, others, self.name
+        )
+        return eqx.tree_at(lambda g: g.state, self, state, is_leaf=lambda x: x is None)
+
+    def transition(
+        self, key, step, logdensity_for, others, *, refresh, phase, recording
+    ):
+        assert self.state is not None
+        state, info = _mcmc.step_state(
+            self.config,
+            self.arrays,
+            self.state,
+            key,
+            step,
+            logdensity_for,
+            others,
+            refresh=refresh,
+            phase=phase,
+            name=self.name,
+        )
+        if recording != "never":
+            state = _mcmc.record(
+                self.config, state, step, info, self.name, always=recording == "always"
+            )
+        return eqx.tree_at(lambda g: g.state, self, state)
+
+    def positions(self):
+        assert self.state is not None
+        return position_of(self.state.kernel_state, self.config.kernel, self.name)
+
+    def draws(self, steps_done):
+        assert self.state is not None
+        return _mcmc.chronological(self.config, self.state.samples, steps_done)
+
+    def kernel_diagnostics(self, steps_done):
+        assert self.state is not None
+        diagnostics = _mcmc.chronological(
+            self.config, self.state.diagnostics, steps_done
+        )
+        return diagnostics if jax.tree.leaves(diagnostics) else None
+
+    def check(self) -> None:
+        if self.state is not None:
+            raise ValueError(_HAS_STATE.format(name=self.name))
+        imm = self.arrays.get("inverse_mass_matrix")
+        if imm is not None:
+            flat, _ = jax.flatten_util.ravel_pytree(self.initial_position())
+            d = flat.size
+            if imm.shape not in ((d,), (d, d)):
+                raise ValueError(
+                    _IMM_SHAPE.format(name=self.name, d=d, shape=imm.shape)
+                )
+
+    def describe(self) -> str:
+        config = self.config
+        assert self.state is not None
+        fields = [k for k, v in vars(self.state.diagnostics).items() if v is not None]
+        if config.adapts:
+            warm = f"warmup {config.warmup} (window adaptation)"
+        elif config.adapt and config.warmup > 0 and not config.kernel.is_hmc_family:
+            warm = (
+                f"warmup {config.warmup} (discarded; adapt=True is ignored: only "
+                "HMC-family kernels are adapted)"
+            )
+        else:
+            warm = f"warmup {config.warmup} (discarded)"
+        recorded = ", ".join(fields) if fields else "none (the kernel's info has none)"
+        return (
+            f"Group '{self.name}': Bayesian sampling with '{config.kernel.name}' "
+            f"({config.kernel.family} MCMC), K={config.num_chains} chain(s), {warm}, "
+            f"keep {config.keep}, thin {config.thin}; diagnostics: {recorded}"
+        )
 
 
 def is_group(x: Any) -> bool:
@@ -93,7 +246,9 @@ def unwrap(model: PyTree) -> PyTree:
         assert eqx.tree_equal(eb.unwrap(marked), model)
         ```
     """
-    return jax.tree.map(lambda x: x.current() if is_group(x) else x, model, is_leaf=is_group)
+    return jax.tree.map(
+        lambda x: x.current() if is_group(x) else x, model, is_leaf=is_group
+    )
 
 
 def path_str(path: tuple) -> str:
@@ -168,7 +323,9 @@ def mark(
     placed, and they are put back at their paths.
     """
     existing = groups_with_paths(model)
-    plain = jax.tree.map(lambda x: x.value if is_group(x) else x, model, is_leaf=is_group)
+    plain = jax.tree.map(
+        lambda x: x.value if is_group(x) else x, model, is_leaf=is_group
+    )
     placeholder = _Placeholder()
     if where is None:
         marked = placeholder
@@ -253,15 +410,23 @@ def _check_int(value, arg, name, minimum, fix):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
             _INT_ARG.format(
-                arg=arg, value=value, name=name, bound=f">= {minimum}",
-                type=type(value).__name__, fix=fix,
+                arg=arg,
+                value=value,
+                name=name,
+                bound=f">= {minimum}",
+                type=type(value).__name__,
+                fix=fix,
             )
         )
     if value < minimum:
         raise ValueError(
             _INT_ARG.format(
-                arg=arg, value=value, name=name, bound=f">= {minimum}",
-                type=type(value).__name__, fix=fix,
+                arg=arg,
+                value=value,
+                name=name,
+                bound=f">= {minimum}",
+                type=type(value).__name__,
+                fix=fix,
             )
         )
     return int(value)
@@ -276,15 +441,23 @@ def _check_float(value, arg, name, *, positive, fix):
     if x is None or isinstance(value, bool):
         raise TypeError(
             _FLOAT_ARG.format(
-                arg=arg, value=value, name=name, bound=bound,
-                type=type(value).__name__, fix=fix,
+                arg=arg,
+                value=value,
+                name=name,
+                bound=bound,
+                type=type(value).__name__,
+                fix=fix,
             )
         )
     if not math.isfinite(x) or x < 0 or (positive and x == 0):
         raise ValueError(
             _FLOAT_ARG.format(
-                arg=arg, value=value, name=name, bound=bound,
-                type=type(value).__name__, fix=fix,
+                arg=arg,
+                value=value,
+                name=name,
+                bound=bound,
+                type=type(value).__name__,
+                fix=fix,
             )
         )
     return x
@@ -315,9 +488,12 @@ def bayesian(
     [`eqbayes.unwrap`][] gives the plain model back. Its floating-point array
     leaves form the group's position $\theta$, sampled from
 
-    $$\log p(\theta) = -\text{likelihood\_scale} \cdot \text{loss}(\text{model}(\theta), \dots) + \log \text{prior}(\theta)$$
+    $$\log p(\theta) = -s \cdot \text{loss}(\text{model}(\theta), \dots)
+        + \log \text{prior}(\theta)$$
 
-    with every other part of the model at its current value. Several groups in one
+    where $s$ is `likelihood_scale`,
+
+    and every other part of the model is at its current value. Several groups in one
     model are stepped in a fixed cycle (Metropolis-within-Gibbs), one transition
     per group per solver step.
 
@@ -325,8 +501,9 @@ def bayesian(
 
     - `model`: any pytree, usually an `eqx.Module`; may already hold other groups.
     - `kernel`: a full-data kernel factory: `blackjax.nuts`, `blackjax.hmc`,
-        `blackjax.mala`, or any `(logdensity_fn, **kwargs) -> blackjax.SamplingAlgorithm`.
-        The family is read from the name of its first parameter.
+        `blackjax.mala`, or any factory
+        `(logdensity_fn, **kwargs) -> blackjax.SamplingAlgorithm`. The family is
+        read from the name of its first parameter.
     - `where`: selects the sub-tree, like `eqx.tree_at`'s `where`
         (e.g. `lambda m: m.layers[-1]`); `None` means the whole model. It always
         sees the plain model, so groups can be added one call at a time.
@@ -389,11 +566,17 @@ def bayesian(
             num_chains, "num_chains", group_name, 1, "`num_chains=1` runs one chain."
         )
         jitter = _check_float(
-            init_jitter, "init_jitter", group_name, positive=False,
+            init_jitter,
+            "init_jitter",
+            group_name,
+            positive=False,
             fix="`init_jitter=0.0` starts every chain at the model's values.",
         )
         scale = _check_float(
-            likelihood_scale, "likelihood_scale", group_name, positive=False,
+            likelihood_scale,
+            "likelihood_scale",
+            group_name,
+            positive=False,
             fix="For an MSE loss with noise σ over N points use N / (2σ²).",
         )
         kwargs = dict(kernel_kwargs)
