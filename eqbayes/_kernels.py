@@ -192,10 +192,10 @@ def check_kernel_kwargs(spec: KernelSpec, kwargs: Mapping[str, Any], group_name:
 
 def position_of(state: Any, spec: KernelSpec, group_name: str) -> Any:
     """The chain position held by a kernel state."""
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        if "position" in state._fields:
-            return state.position
-    elif isinstance(state, Mapping) and "position" in state:
+    fields = getattr(state, "_fields", ()) if isinstance(state, tuple) else ()
+    if "position" in fields:
+        return getattr(state, "position")
+    if isinstance(state, Mapping) and "position" in state:
         return state["position"]
     raise TypeError(
         _BAD_STATE.format(kernel_name=spec.name, name=group_name, type=type(state))
@@ -205,7 +205,7 @@ def position_of(state: Any, spec: KernelSpec, group_name: str) -> Any:
 def info_fields(info: Any) -> dict[str, Array]:
     """The diagnostic fields (of `DIAGNOSTIC_FIELDS`) that a kernel's info carries."""
     if isinstance(info, tuple) and hasattr(info, "_fields"):
-        present = {f: getattr(info, f) for f in info._fields}
+        present = {f: getattr(info, f) for f in getattr(info, "_fields")}
     elif isinstance(info, Mapping):
         present = dict(info)
     else:

@@ -214,7 +214,7 @@ def _as_key(key: Any, fn: str) -> PRNGKeyArray:
         and key.dtype == jnp.uint32
         and (key.shape == (2,))
     ):
-        return jr.wrap_key_data(key)
+        return jr.wrap_key_data(jnp.asarray(key))
     raise TypeError(
         _KEY.format(fn=fn, what=f"an object of type `{type(key).__name__}`")
     )
@@ -522,6 +522,7 @@ class Solver(eqx.Module):
         history = History(
             jnp.asarray(np.stack(losses)) if losses else jnp.zeros((0,)), {}
         )
+        assert state is not None
         result = self.result(state, history)
         for name, diagnostics in result.posterior.diagnostics.items():
             logger.info(_summarise(name, diagnostics))

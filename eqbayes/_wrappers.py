@@ -645,6 +645,8 @@ def bayesian(
             step_size=step_size,
             static_kwargs=tuple(static),
         )
-        return BayesianLeaf(subtree, config, group_name, arrays)
+        return BayesianLeaf(
+            value=subtree, config=config, name=group_name, arrays=arrays
+        )
 
     return mark(model, where, make, name, "bayesian")
