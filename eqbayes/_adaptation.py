@@ -45,12 +45,15 @@ def _blocks(is_diagonal: bool):
     )
 
 
-def _as_arrays(tree):
-    """Python numbers in blackjax's states as (weakly typed) JAX arrays, so that
-    the state is a pure array pytree (a loop carry, a checkpoint)."""
-    return jax.tree.map(
-        lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree
-    )
+def _as_arrays(tree, dtype):
+    """Blackjax's adaptation states as arrays of the position's floating dtype.
+
+    Their counters (the dual-averaging step, the Welford sample size) start as
+    Python ints and only enter floating-point arithmetic, so they are stored as
+    floats too: the state is then a pure, strongly typed array pytree (a loop
+    carry, a checkpoint) without mixed integer/float arithmetic.
+    """
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
 
 
 def window_init(
@@ -63,8 +66,8 @@ def window_init(
     is_diagonal = inverse_mass_matrix.ndim == 1
     (mm_init, _, _), (da_init, _, _) = _blocks(is_diagonal)
     flat, _ = jax.flatten_util.ravel_pytree(position)
-    imm_state = _as_arrays(mm_init(flat.size, inverse_mass_matrix))
-    ss_state = _as_arrays(da_init(step_size))
+    imm_state = _as_arrays(mm_init(flat.size, inverse_mass_matrix), step_size.dtype)
+    ss_state = _as_arrays(da_init(step_size), step_size.dtype)
     with jax.numpy_dtype_promotion("standard"):  # blackjax mixes bools and ints
         schedule = build_schedule(warmup)
     schedule = jnp.asarray(schedule, dtype=jnp.int32).reshape(warmup, 2)
@@ -108,7 +111,8 @@ def window_update(
 
     def end_window(states):
         ss, imm = states
-        return da_init(da_final(ss)), mm_final(imm)
+        dtype = ss.log_step_size.dtype
+        return _as_arrays((da_init(da_final(ss)), mm_final(imm)), dtype)
 
     ss_state, imm_state = jax.lax.cond(
         window_end == 1, end_window, lambda s: s, (ss_state, imm_state)

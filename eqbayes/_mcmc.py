@@ -112,6 +112,16 @@ def initial_positions(
     return jax.tree.unflatten(treedef, out)
 
 
+def over_chains(fn: Callable, *batched: Any) -> Any:
+    """`jax.vmap(fn)` over the leading chain axis, or a plain call when there is one
+    chain: a vmap of size one still costs NUTS's dynamic loops noticeably."""
+    size = jax.tree.leaves(batched)[0].shape[0]
+    if size > 1:
+        return jax.vmap(fn)(*batched)
+    out = fn(*jax.tree.map(lambda x: x[0], batched))
+    return jax.tree.map(lambda x: x[None], out)
+
+
 def init_state(
     config: MCMCConfig,
     arrays: dict[str, Array],
@@ -141,7 +151,7 @@ def init_state(
     def init_one(position, others_k):
         return spec.build(logdensity_for(others_k), **kwargs).init(position)
 
-    kernel_state = jax.vmap(init_one)(positions, others)
+    kernel_state = over_chains(init_one, positions, others)
     position_of(kernel_state, spec, name)  # a clear error for an odd custom state
     adaptation = None
     if config.adapts:
@@ -208,7 +218,7 @@ def step_state(
         return new_state, info_fields(info)
 
     keys = jr.split(key, config.num_chains)
-    kernel_state, info = jax.vmap(one_chain)(state.kernel_state, others, keys)
+    kernel_state, info = over_chains(one_chain, state.kernel_state, others, keys)
     state = eqx.tree_at(lambda s: s.kernel_state, state, kernel_state)
 
     if config.adapts and phase != "sample":

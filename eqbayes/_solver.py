@@ -14,7 +14,7 @@ import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 from ._custom_types import ArrayTree
-from ._mcmc import KernelDiagnostics, MCMCState
+from ._mcmc import KernelDiagnostics, MCMCState, over_chains
 from ._posterior import History, Posterior, Result
 from ._wrappers import AbstractGroup, is_group, unwrap
 
@@ -136,8 +136,8 @@ def _chain_losses(loss, model, args) -> Array:
     """The loss at each chain's current position, shape `(K,)`."""
     leaves, treedef, gidx = _flatten(model)
     positions = _positions(leaves, gidx)
-    return jax.vmap(lambda p: loss(_plain_at(leaves, treedef, gidx, p), *args))(
-        positions
+    return over_chains(
+        lambda p: loss(_plain_at(leaves, treedef, gidx, p), *args), positions
     )
 
 
@@ -152,22 +152,31 @@ def _init_states(loss, model, key, args):
             _logdensity_for(loss, leaves, treedef, gidx, i, args),
             {j: p for j, p in starts.items() if j != i},
         )
-    return jax.tree.unflatten(treedef, new)
+    return _strong(jax.tree.unflatten(treedef, new))
+
+
+def _strong(tree):
+    """Every array leaf strongly typed: a state's types are then the same whether it
+    comes from `init` or from a step, so the compiled programs are reused."""
+    return jax.tree.map(
+        lambda x: jnp.asarray(x, x.dtype) if eqx.is_array(x) else x, tree
+    )
 
 
 def _fori(num, body, state):
     """`lax.fori_loop` over a state that may hold non-array leaves (activations)."""
-    dynamic, static = eqx.partition(state, eqx.is_array)
+    dynamic, static = eqx.partition(_strong(state), eqx.is_array)
 
     def array_body(i, dynamic):
-        return eqx.filter(body(i, eqx.combine(dynamic, static)), eqx.is_array)
+        out = body(i, eqx.combine(dynamic, static))
+        return eqx.filter(_strong(out), eqx.is_array)
 
     return eqx.combine(jax.lax.fori_loop(0, num, array_body, dynamic), static)
 
 
 @eqx.filter_jit
 def _step(loss, state, args):
-    return _transition(loss, state, args, phase="any", recording="auto")
+    return _strong(_transition(loss, state, args, phase="any", recording="auto"))
 
 
 @eqx.filter_jit
@@ -175,27 +184,24 @@ def _run_general(loss, state, args, num_steps):
     def body(_, s):
         return _transition(loss, s, args, phase="any", recording="auto")
 
-    state = _fori(num_steps, body, state)
+    state = _strong(_fori(num_steps, body, state))
     return state, jnp.mean(_chain_losses(loss, state.model, args))
 
 
 @eqx.filter_jit
-def _run_fast_warmup(loss, state, args, num_steps):
-    def body(_, s):
+def _run_fast(loss, state, args, num_warmup, num_sample):
+    """The pure-Bayesian fast path: `num_warmup` warmup steps (adaptation, no
+    recording), then `num_sample` steps past warmup, each writing its draw's slot
+    (the last write to a slot, at the `thin`-th step, is the draw). No conditions on
+    the step counter; one program for every chunk."""
+
+    def warm(_, s):
         return _transition(loss, s, args, phase="warmup", recording="never")
 
-    state = _fori(num_steps, body, state)
-    return state, jnp.mean(_chain_losses(loss, state.model, args))
-
-
-@eqx.filter_jit
-def _run_fast_sample(loss, state, args, num_steps):
-    # Every step of a draw writes the same buffer slot, so the last one (the
-    # `thin`-th) is what is kept: one kernel in the program, no condition.
-    def body(_, s):
+    def sample(_, s):
         return _transition(loss, s, args, phase="sample", recording="always")
 
-    state = _fori(num_steps, body, state)
+    state = _strong(_fori(num_sample, sample, _fori(num_warmup, warm, state)))
     return state, jnp.mean(_chain_losses(loss, state.model, args))
 
 
@@ -492,22 +498,21 @@ class Solver(eqx.Module):
                 logger.info(
                     f"MCMC fast path: warmup {warmup} steps in one loop, then "
                     f"{keep} draws x thin {thin} in chunks of "
-                    f"{max(1, chunk // thin)} draws."
+                    f"{max(1, chunk // thin)} draws (warmup runs in the first chunk)."
                 )
-                if warmup > 0:
-                    state, loss = _run_fast_warmup(
-                        self.loss, state, args, jnp.asarray(warmup)
-                    )
-                    losses.append(np.asarray(loss))  # one host transfer per chunk
-                    _advance(bar, warmup)
                 per_chunk = max(1, chunk // thin)
                 for start in range(0, keep, per_chunk):
                     n = min(per_chunk, keep - start)
-                    state, loss = _run_fast_sample(
-                        self.loss, state, args, jnp.asarray(n * thin)
+                    n_warm = warmup if start == 0 else 0
+                    state, loss = _run_fast(
+                        self.loss,
+                        state,
+                        args,
+                        jnp.asarray(n_warm),
+                        jnp.asarray(n * thin),
                     )
                     losses.append(np.asarray(loss))  # one host transfer per chunk
-                    _advance(bar, n * thin)
+                    _advance(bar, n_warm + n * thin)
             else:
                 logger.info(
                     f"General path: {steps} steps in chunks of {chunk} "
