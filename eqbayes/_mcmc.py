@@ -119,7 +119,7 @@ def over_chains(fn: Callable, *batched: Any) -> Any:
     if size > 1:
         return jax.vmap(fn)(*batched)
     out = fn(*jax.tree.map(lambda x: x[0], batched))
-    return jax.tree.map(lambda x: x[None], out)
+    return jax.tree.map(lambda x: jnp.expand_dims(jnp.asarray(x), 0), out)
 
 
 def init_state(
@@ -217,7 +217,8 @@ def step_state(
         new_state, info = kernel.step(key_k, kernel_state)
         return new_state, info_fields(info)
 
-    keys = jr.split(key, config.num_chains)
+    # One chain uses the group's key as it is (a split costs a hash per step).
+    keys = jr.split(key, config.num_chains) if config.num_chains > 1 else key[None]
     kernel_state, info = over_chains(one_chain, state.kernel_state, others, keys)
     state = eqx.tree_at(lambda s: s.kernel_state, state, kernel_state)
 

@@ -120,7 +120,7 @@ def _transition(loss, state: SolverState, args, *, phase: str, recording: str):
     refresh = len(gidx) > 1
     for n, i in enumerate(gidx):
         leaves[i] = leaves[i].transition(
-            jr.fold_in(key, n),
+            jr.fold_in(key, n) if len(gidx) > 1 else key,
             state.step,
             _logdensity_for(loss, leaves, treedef, gidx, i, args),
             _positions(leaves, gidx, exclude=i),

@@ -31,7 +31,9 @@ def _two_groups(**kwargs):
     config.update(kwargs)
     model = Coefficients(jnp.array(3.0), jnp.array(-2.5))
     model = eb.bayesian(model, blackjax.nuts, where=lambda m: m.a, **config)
-    return eb.bayesian(model, blackjax.mala, where=lambda m: m.b, step_size=1e-4, **config)
+    return eb.bayesian(
+        model, blackjax.mala, where=lambda m: m.b, step_size=1e-4, **config
+    )
 
 
 def test_same_key_same_chain():
@@ -56,7 +58,9 @@ def test_fast_general_and_manual_paths_agree(make):
     state = solver.init(model, key=jr.key(3), args=DATA)
     steps = max(
         g.config.steps
-        for g in jax.tree.leaves(state.model, is_leaf=lambda x: isinstance(x, eb.BayesianLeaf))
+        for g in jax.tree.leaves(
+            state.model, is_leaf=lambda x: isinstance(x, eb.BayesianLeaf)
+        )
         if isinstance(g, eb.BayesianLeaf)
     )
     general = solver.run(model, key=jr.key(3), args=DATA, state=state)
@@ -167,8 +171,14 @@ def test_bayesian_mlp_with_predict():
         return jnp.mean((jax.vmap(model)(x) - y) ** 2)
 
     marked = eb.bayesian(
-        mlp, blackjax.hmc, num_integration_steps=4, warmup=30, keep=12,
-        num_chains=2, likelihood_scale=100.0, prior=eb.priors.gaussian(1.0),
+        mlp,
+        blackjax.hmc,
+        num_integration_steps=4,
+        warmup=30,
+        keep=12,
+        num_chains=2,
+        likelihood_scale=100.0,
+        prior=eb.priors.gaussian(1.0),
     )
     result = eb.Solver(loss, progress=False).run(marked, key=jr.key(0), args=(x, y))
     samples = result.posterior.samples
@@ -205,8 +215,12 @@ def test_nan_loss_is_a_rejection():
         return jnp.where(model.a > 3.145, jnp.nan, value)
 
     model = eb.bayesian(
-        Coefficients(jnp.array(3.0), jnp.array(-2.5)), blackjax.nuts,
-        warmup=100, keep=200, num_chains=2, likelihood_scale=LIKELIHOOD_SCALE,
+        Coefficients(jnp.array(3.0), jnp.array(-2.5)),
+        blackjax.nuts,
+        warmup=100,
+        keep=200,
+        num_chains=2,
+        likelihood_scale=LIKELIHOOD_SCALE,
     )
     result = eb.Solver(loss, progress=False).run(model, key=jr.key(0), args=DATA)
     a = result.posterior.samples.a
@@ -248,6 +262,18 @@ def test_mala_records_acceptance_only():
     diagnostics = result.posterior.diagnostics["Coefficients"]
     assert diagnostics.acceptance_rate.shape == (2, 15)
     assert diagnostics.is_divergent is None and diagnostics.energy is None
+
+
+def test_hmc_one_chain_diagnostics():
+    result = eb.Solver(mse, progress=False).run(
+        _marked(kernel=blackjax.hmc, num_integration_steps=5, num_chains=1),
+        key=jr.key(0),
+        args=DATA,
+    )
+    diagnostics = result.posterior.diagnostics["Coefficients"]
+    assert diagnostics.num_integration_steps.shape == (1, 15)
+    assert bool(jnp.all(diagnostics.num_integration_steps == 5))
+    assert diagnostics.is_divergent.dtype == jnp.bool_
 
 
 def test_history_loss_per_chunk():
