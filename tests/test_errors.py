@@ -19,7 +19,9 @@ MODEL = Coefficients(jnp.array(3.0), jnp.array(-2.5))
 
 
 def _solve(model, loss=mse, **kwargs):
-    return eb.Solver(loss, progress=False).init(model, key=jr.key(0), args=DATA, **kwargs)
+    return eb.Solver(loss, progress=False).init(
+        model, key=jr.key(0), args=DATA, **kwargs
+    )
 
 
 @pytest.mark.parametrize(
@@ -75,17 +77,32 @@ def test_mismatched_num_chains():
         (dict(thin=0), "`thin` must be an integer >= 1", ValueError),
         (dict(warmup=-1), "`warmup` must be an integer >= 0", ValueError),
         (dict(num_chains=0), "`num_chains` must be an integer >= 1", ValueError),
-        (dict(step_size=-0.1), "the step size must be a positive finite number",
-         ValueError),
+        (
+            dict(step_size=-0.1),
+            "the step size must be a positive finite number",
+            ValueError,
+        ),
         (dict(step_size=float("nan")), "positive finite number", ValueError),
-        (dict(init_jitter=-1.0), "`init_jitter` must be a finite number >= 0",
-         ValueError),
-        (dict(likelihood_scale=-1.0), "`likelihood_scale` must be a finite number",
-         ValueError),
-        (dict(num_integration_steps=3), "the kernel does not take "
-         "`num_integration_steps`", TypeError),
-        (dict(max_num_doublings=[1]), "kernel keyword arguments must be arrays or "
-         "hashable", TypeError),
+        (
+            dict(init_jitter=-1.0),
+            "`init_jitter` must be a finite number >= 0",
+            ValueError,
+        ),
+        (
+            dict(likelihood_scale=-1.0),
+            "`likelihood_scale` must be a finite number",
+            ValueError,
+        ),
+        (
+            dict(num_integration_steps=3),
+            "the kernel does not take `num_integration_steps`",
+            TypeError,
+        ),
+        (
+            dict(max_num_doublings=[1]),
+            "kernel keyword arguments must be arrays or hashable",
+            TypeError,
+        ),
     ],
 )
 def test_bad_arguments(kwargs, match, error):
@@ -105,8 +122,9 @@ def test_unhashable_prior():
 
 
 def test_missing_required_kernel_argument():
-    with pytest.raises(TypeError, match=re.escape("the kernel needs "
-                                                  "`num_integration_steps=`")):
+    with pytest.raises(
+        TypeError, match=re.escape("the kernel needs `num_integration_steps=`")
+    ):
         eb.bayesian(MODEL, blackjax.hmc)
 
 
@@ -123,8 +141,10 @@ def test_loss_not_scalar():
 
     with pytest.raises(
         ValueError,
-        match=re.escape("the loss must return a scalar, but `loss(model, *args)` "
-                        "returned an array of shape (101,)"),
+        match=re.escape(
+            "the loss must return a scalar, but `loss(model, *args)` "
+            "returned an array of shape (101,)"
+        ),
     ):
         _solve(model, loss=vector_loss)
 
@@ -137,8 +157,10 @@ def test_where_selects_no_inexact_array():
     model = WithCount(jnp.ones(3), jnp.array(3))
     with pytest.raises(
         ValueError,
-        match=re.escape("for group 'count': the selected sub-tree has no "
-                        "floating-point array leaves"),
+        match=re.escape(
+            "for group 'count': the selected sub-tree has no "
+            "floating-point array leaves"
+        ),
     ):
         eb.bayesian(model, blackjax.nuts, where=lambda m: m.count)
 
@@ -163,7 +185,9 @@ def test_overlapping_groups():
     with pytest.raises(ValueError, match=re.escape("a group named 'x' already")):
         eb.bayesian(
             eb.bayesian(mlp, blackjax.nuts, where=lambda m: m.layers[0], name="x"),
-            blackjax.nuts, where=lambda m: m.layers[1], name="x",
+            blackjax.nuts,
+            where=lambda m: m.layers[1],
+            name="x",
         )
 
 
@@ -171,20 +195,23 @@ def test_inverse_mass_matrix_shape():
     model = eb.bayesian(MODEL, blackjax.nuts, inverse_mass_matrix=jnp.ones(3))
     with pytest.raises(
         ValueError,
-        match=re.escape("the inverse mass matrix must have shape (2,) (diagonal) or "
-                        "(2, 2) (dense); got shape (3,)"),
+        match=re.escape(
+            "the inverse mass matrix must have shape (2,) (diagonal) or "
+            "(2, 2) (dense); got shape (3,)"
+        ),
     ):
         _solve(model)
 
 
 def test_steps_too_short():
     model = eb.bayesian(MODEL, blackjax.nuts, warmup=10, keep=10)
-    with pytest.raises(ValueError, match=re.escape("group 'Coefficients' needs 20 steps")):
+    with pytest.raises(
+        ValueError, match=re.escape("group 'Coefficients' needs 20 steps")
+    ):
         eb.Solver(mse, progress=False).run(model, steps=5, key=jr.key(0), args=DATA)
 
 
 def test_bad_key_and_solver_options():
-    model = eb.bayesian(MODEL, blackjax.nuts)
     # Keys that pass the annotation but are not one key (the annotation catches
     # the rest when type checking is on; `_as_key` catches them when it is off).
     with pytest.raises(ValueError, match=re.escape("a batch of keys, shape (3,)")):

@@ -10,7 +10,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 from conftest import tree_equal
-from problems import LIKELIHOOD_SCALE, Coefficients, mse, sincos_data
+from problems import Coefficients, LIKELIHOOD_SCALE, mse, sincos_data
 
 import eqbayes as eb
 

@@ -7,9 +7,9 @@ import jax.random as jr
 import numpy as np
 import pytest
 from problems import (
-    LIKELIHOOD_SCALE,
     Coefficients,
     exact_posterior,
+    LIKELIHOOD_SCALE,
     mse,
     random_walk,
     sincos_data,
@@ -53,9 +53,7 @@ def test_gaussian_posterior(kernel):
         prior=eb.priors.gaussian(10.0),
         **kwargs,
     )
-    result = eb.Solver(mse, progress=False).run(
-        model, key=jr.key(0), args=(f1, f2, y)
-    )
+    result = eb.Solver(mse, progress=False).run(model, key=jr.key(0), args=(f1, f2, y))
     samples = result.posterior.samples
     assert samples.a.shape == (4, 2000)
     _check_moments(samples.a, float(mean[0]), float(sd[0]))
@@ -83,9 +81,7 @@ def test_gibbs_two_groups_exact(kernel):
     model = Coefficients(jnp.array(3.0), jnp.array(-2.5))
     model = eb.bayesian(model, factory, where=lambda m: m.a, **config, **kwargs)
     model = eb.bayesian(model, factory, where=lambda m: m.b, **config, **kwargs)
-    result = eb.Solver(mse, progress=False).run(
-        model, key=jr.key(1), args=(f1, f2, y)
-    )
+    result = eb.Solver(mse, progress=False).run(model, key=jr.key(1), args=(f1, f2, y))
     a, b = result.posterior.samples.a, result.posterior.samples.b
     assert set(result.posterior.diagnostics) == {"a", "b"}
     got_sd = np.array([jnp.std(a), jnp.std(b)])
