@@ -1,5 +1,6 @@
 """The Solver: `init -> step -> result`, and `run` as compiled chunks of steps."""
 
+import collections
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -534,12 +535,13 @@ class Solver(eqx.Module):
         return result
 
 
-_LOSS_SHAPES: dict[Any, Any] = {}
+_LOSS_SHAPES: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
+_LOSS_SHAPES_SIZE = 64
 
 
 def _loss_shape(loss, model, args):
-    """`eqx.filter_eval_shape` of the loss, remembered per loss and input shapes so
-    that a repeated solve does not trace the loss again."""
+    """`eqx.filter_eval_shape` of the loss, remembered (for the last few losses and
+    input shapes) so that a repeated solve does not trace the loss again."""
     leaves, treedef = jax.tree.flatten((model, args))
     signature = tuple(
         (x.shape, x.dtype, getattr(x, "weak_type", False)) if eqx.is_array(x) else x
@@ -550,8 +552,12 @@ def _loss_shape(loss, model, args):
         hash(key)
     except TypeError:
         return eqx.filter_eval_shape(loss, model, *args)
-    if key not in _LOSS_SHAPES:
+    if key in _LOSS_SHAPES:
+        _LOSS_SHAPES.move_to_end(key)
+    else:
         _LOSS_SHAPES[key] = eqx.filter_eval_shape(loss, model, *args)
+        if len(_LOSS_SHAPES) > _LOSS_SHAPES_SIZE:
+            _LOSS_SHAPES.popitem(last=False)
     return _LOSS_SHAPES[key]
 
 
