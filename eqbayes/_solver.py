@@ -265,7 +265,9 @@ class Solver(eqx.Module):
     - `optimizer`: reserved for optax training of unmarked leaves (not available
         yet; must be None: unmarked leaves stay frozen).
     - `print_every`: steps per compiled chunk: one dispatch, one host transfer and
-        one progress-bar update per chunk (default: a tenth of the solve).
+        one progress-bar update per chunk. By default a tenth of the solve when a
+        progress bar is shown, else the whole solve in one chunk (each dispatch
+        costs about a millisecond of Python and pytree handling).
     - `progress`: show a progress bar (needs `tqdm`: `pip install 'eqbayes[progress]'`;
         without it, no bar).
     - `callbacks`: reserved (must be empty).
@@ -356,8 +358,9 @@ class Solver(eqx.Module):
         self._check_loss(model, args)
         init_key, run_key = jr.split(key)
         model = _init_states(self.loss, model, init_key, args)
-        for group in _groups(model):
-            logger.info(group.describe())
+        if logger.isEnabledFor(logging.INFO):
+            for group in _groups(model):
+                logger.info(group.describe())
         return SolverState(model, jnp.asarray(0, jnp.int32), run_key)
 
     def _check_loss(self, model, args):
@@ -488,10 +491,15 @@ class Solver(eqx.Module):
                 model, key=key, args=args, data=data, batch_size=batch_size
             )
         args = self._loss_args(args, data)
-        chunk = self.print_every or max(1, math.ceil(steps / 10))
+        bar = _progress_bar(self.progress, steps)
+        if self.print_every is not None:
+            chunk = self.print_every
+        elif bar is not None:
+            chunk = max(1, math.ceil(steps / 10))
+        else:  # nobody is watching: one dispatch for the whole solve
+            chunk = steps
         configs = {g.schedule for g in groups}
         fast = len(configs) == 1 and done == 0 and steps == needed
-        bar = _progress_bar(self.progress, steps)
         losses = []
         with _logging_around(bar):
             if fast:
@@ -530,8 +538,9 @@ class Solver(eqx.Module):
         )
         assert state is not None
         result = self.result(state, history)
-        for name, diagnostics in result.posterior.diagnostics.items():
-            logger.info(_summarise(name, diagnostics))
+        if logger.isEnabledFor(logging.INFO):
+            for name, diagnostics in result.posterior.diagnostics.items():
+                logger.info(_summarise(name, diagnostics))
         return result
 
 
