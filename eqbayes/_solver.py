@@ -15,7 +15,7 @@ import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 from ._custom_types import ArrayTree
-from ._mcmc import KernelDiagnostics, MCMCState, over_chains
+from ._mcmc import KernelDiagnostics, over_chains
 from ._posterior import History, Posterior, Result
 from ._wrappers import AbstractGroup, is_group, unwrap
 
@@ -601,4 +601,4 @@ def _advance(bar, n: int):
         bar.update(n)
 
 
-__all__ = ["Solver", "SolverState", "MCMCState"]  # noqa: F822
+__all__ = ["Solver", "SolverState"]

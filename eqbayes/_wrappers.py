@@ -407,59 +407,38 @@ _NOT_YET = (
 
 
 def _check_int(value, arg, name, minimum, fix):
+    message = _INT_ARG.format(
+        arg=arg,
+        value=value,
+        name=name,
+        bound=f">= {minimum}",
+        type=type(value).__name__,
+        fix=fix,
+    )
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            _INT_ARG.format(
-                arg=arg,
-                value=value,
-                name=name,
-                bound=f">= {minimum}",
-                type=type(value).__name__,
-                fix=fix,
-            )
-        )
+        raise TypeError(message)
     if value < minimum:
-        raise ValueError(
-            _INT_ARG.format(
-                arg=arg,
-                value=value,
-                name=name,
-                bound=f">= {minimum}",
-                type=type(value).__name__,
-                fix=fix,
-            )
-        )
+        raise ValueError(message)
     return int(value)
 
 
 def _check_float(value, arg, name, *, positive, fix):
-    bound = "> 0" if positive else ">= 0"
+    message = _FLOAT_ARG.format(
+        arg=arg,
+        value=value,
+        name=name,
+        bound="> 0" if positive else ">= 0",
+        type=type(value).__name__,
+        fix=fix,
+    )
     try:
         x = float(value)
     except (TypeError, ValueError):
-        x = None
-    if x is None or isinstance(value, bool):
-        raise TypeError(
-            _FLOAT_ARG.format(
-                arg=arg,
-                value=value,
-                name=name,
-                bound=bound,
-                type=type(value).__name__,
-                fix=fix,
-            )
-        )
+        raise TypeError(message) from None
+    if isinstance(value, bool):
+        raise TypeError(message)
     if not math.isfinite(x) or x < 0 or (positive and x == 0):
-        raise ValueError(
-            _FLOAT_ARG.format(
-                arg=arg,
-                value=value,
-                name=name,
-                bound=bound,
-                type=type(value).__name__,
-                fix=fix,
-            )
-        )
+        raise ValueError(message)
     return x
 
 
