@@ -20,6 +20,13 @@ from ._kernels import info_fields, KernelSpec, position_of
 LogDensity = Callable[[ArrayTree], Float[Array, ""]]
 
 
+_NO_ACCEPTANCE = (
+    "`eb.bayesian(..., kernel={kernel})` for group '{name}': window adaptation tunes "
+    "the step size from the kernel's acceptance rate, but this kernel's info has no "
+    "`acceptance_rate`. Pass `adapt=False` and a `step_size=`."
+)
+
+
 class KernelDiagnostics(eqx.Module):
     """Per-step kernel diagnostics of one group, each of shape `(K, N)`.
 
@@ -166,6 +173,8 @@ def init_state(
 
     first = jax.tree.map(lambda x: x[0], (kernel_state, others))
     info_shapes = jax.eval_shape(probe, *first)
+    if config.adapts and "acceptance_rate" not in info_shapes:
+        raise ValueError(_NO_ACCEPTANCE.format(name=name, kernel=spec.name))
     shape = (config.num_chains, config.keep)
     diagnostics = KernelDiagnostics(
         **{f: jnp.zeros(shape, s.dtype) for f, s in info_shapes.items()}

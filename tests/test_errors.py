@@ -121,6 +121,19 @@ def test_unhashable_prior():
         eb.bayesian(MODEL, blackjax.nuts, prior=ArrayPrior(jnp.array(1.0)))
 
 
+def test_adaptation_needs_acceptance_rate():
+    from problems import random_walk
+
+    def hmc_like(logdensity_fn, step_size, inverse_mass_matrix):
+        return random_walk(logdensity_fn, step_size)
+
+    model = eb.bayesian(MODEL, hmc_like, warmup=10, keep=5)
+    with pytest.raises(
+        ValueError, match=re.escape("this kernel's info has no `acceptance_rate`")
+    ):
+        _solve(model)
+
+
 def test_missing_required_kernel_argument():
     with pytest.raises(
         TypeError, match=re.escape("the kernel needs `num_integration_steps=`")
