@@ -35,7 +35,6 @@ import blackjax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.stats as jss
 import numpy as np
 
 
@@ -108,16 +107,6 @@ def mlp_loss(model, x, y):
     return jnp.mean((jax.vmap(model)(x) - y) ** 2)
 
 
-def gaussian_log_prior(sigma: float) -> Callable[[Any], jax.Array]:
-    """Sum of N(0, sigma^2) log densities over the leaves (the hand-written prior)."""
-
-    def log_prior(position):
-        leaves = jax.tree.leaves(position)
-        return sum(jnp.sum(jss.norm.logpdf(leaf, 0.0, sigma)) for leaf in leaves)
-
-    return log_prior
-
-
 # --------------------------------------------------------------------------------------
 # The two (three) sides of each case: `build(case, side, settings)` returns `run(key)`
 # --------------------------------------------------------------------------------------
@@ -178,7 +167,9 @@ def build(case: str, side: str, s: Settings) -> Callable[[jax.Array], Any]:
 
     if side == "blackjax":
         params, static = eqx.partition(c["model"], eqx.is_inexact_array)
-        log_prior = gaussian_log_prior(c["prior_sigma"])
+        # The same prior object as the eqbayes side: both sides then evaluate the
+        # same log density, and the ratio measures eqbayes's machinery alone.
+        log_prior = eb.priors.gaussian(c["prior_sigma"])
         loss = c["loss"]
 
         def logdensity(p, x, y):
