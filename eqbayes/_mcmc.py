@@ -94,6 +94,8 @@ class MCMCState(eqx.Module):
 def _kernel_kwargs(
     config: MCMCConfig, state_step_size, state_imm, arrays: dict[str, Array]
 ) -> dict[str, Any]:
+    """The factory's keyword arguments: the group's settings, then the state's step
+    size and inverse mass matrix (which replace a user-given initial one)."""
     kwargs = dict(config.static_kwargs)
     kwargs.update(arrays)
     if state_step_size is not None:
@@ -152,7 +154,6 @@ def init_state(
     imm = None
     if "inverse_mass_matrix" in spec.parameters:
         imm = arrays.get("inverse_mass_matrix", jnp.ones(flat.size, dtype))
-    arrays = {k: v for k, v in arrays.items() if k != "inverse_mass_matrix"}
     kwargs = _kernel_kwargs(config, step_size, imm, arrays)
 
     def init_one(position, others_k):
@@ -216,7 +217,6 @@ def step_state(
     The new state and the transition's diagnostic fields, each `(K,)`.
     """
     spec = config.kernel
-    arrays = {k: v for k, v in arrays.items() if k != "inverse_mass_matrix"}
     kwargs = _kernel_kwargs(config, state.step_size, state.inverse_mass_matrix, arrays)
 
     def one_chain(kernel_state, others_k, key_k):

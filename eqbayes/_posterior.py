@@ -5,7 +5,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._mcmc import KernelDiagnostics
@@ -147,7 +146,3 @@ class Result(eqx.Module):
     model: PyTree
     posterior: Posterior
     history: History
-
-
-def empty_history() -> History:
-    return History(jnp.zeros((0,)), {})

@@ -165,7 +165,8 @@ def _strong(tree):
 
 
 def _fori(num, body, state):
-    """`lax.fori_loop` over a state that may hold non-array leaves (activations)."""
+    """`lax.fori_loop` over a state that may hold non-array leaves (activations).
+    The carry, and so the returned state, is strongly typed."""
     dynamic, static = eqx.partition(_strong(state), eqx.is_array)
 
     def array_body(i, dynamic):
@@ -185,7 +186,7 @@ def _run_general(loss, state, args, num_steps):
     def body(_, s):
         return _transition(loss, s, args, phase="any", recording="auto")
 
-    state = _strong(_fori(num_steps, body, state))
+    state = _fori(num_steps, body, state)
     return state, jnp.mean(_chain_losses(loss, state.model, args))
 
 
@@ -202,7 +203,7 @@ def _run_fast(loss, state, args, num_warmup, num_sample):
     def sample(_, s):
         return _transition(loss, s, args, phase="sample", recording="always")
 
-    state = _strong(_fori(num_sample, sample, _fori(num_warmup, warm, state)))
+    state = _fori(num_sample, sample, _fori(num_warmup, warm, state))
     return state, jnp.mean(_chain_losses(loss, state.model, args))
 
 
