@@ -247,3 +247,28 @@ def test_unknown_samples_and_strategy():
         eb.rhat(jnp.ones((2, 10)), strategy="bulk")
     with pytest.raises(ValueError, match="one chain"):
         eb.rhat(jnp.ones((1, 10)), strategy="multichain")
+
+
+def test_options_of_later_releases_say_so():
+    with pytest.raises(NotImplementedError, match=re.escape("masked groups are not")):
+        eb.bayesian(MODEL, blackjax.nuts, mask=Coefficients(True, False))
+    with pytest.raises(
+        NotImplementedError, match=re.escape("log-density-aware initialisers are not")
+    ):
+        eb.bayesian(MODEL, blackjax.nuts, init=object())
+    with pytest.raises(NotImplementedError, match=re.escape("callbacks are not")):
+        eb.Solver(mse, callbacks=(print,))
+    model = eb.bayesian(MODEL, blackjax.nuts)
+    with pytest.raises(NotImplementedError, match=re.escape("minibatches are not")):
+        _solve(model, batch_size=8)
+
+
+def test_bad_steps_and_predict_batch_size():
+    model = eb.bayesian(MODEL, blackjax.nuts, warmup=10, keep=10)
+    with pytest.raises(
+        ValueError, match=re.escape("`steps` must be a positive integer")
+    ):
+        eb.Solver(mse, progress=False).run(model, steps=0, key=jr.key(0), args=DATA)
+    posterior = eb.Posterior(Coefficients(None, None), {}, MODEL)
+    with pytest.raises(ValueError, match=re.escape("`batch_size` must be a positive")):
+        posterior.predict(lambda m: m.a, batch_size=0)
