@@ -86,10 +86,14 @@ def _flatten(model: PyTree):
 
 
 def _plain_at(leaves, treedef, gidx, positions: dict[int, ArrayTree]) -> PyTree:
-    """The plain model with group j at `positions[j]` (one chain)."""
+    """The plain model with group j at `positions[j]` (one chain); groups without
+    chains (absent from `positions`) at their current value."""
     new = list(leaves)
     for j in gidx:
-        new[j] = leaves[j].materialise(positions[j])
+        if j in positions:
+            new[j] = leaves[j].materialise(positions[j])
+        else:
+            new[j] = leaves[j].current()
     return jax.tree.unflatten(treedef, new)
 
 
@@ -111,7 +115,10 @@ def _logdensity_for(loss, leaves, treedef, gidx, i, args) -> Callable:
 
 
 def _positions(leaves, gidx, exclude: int | None = None) -> dict[int, ArrayTree]:
-    return {j: leaves[j].positions() for j in gidx if j != exclude}
+    """The chained groups' positions, chain axis first."""
+    return {
+        j: leaves[j].positions() for j in gidx if j != exclude and leaves[j].chained
+    }
 
 
 def _transition(loss, state: SolverState, args, *, phase: str, recording: str):
@@ -137,6 +144,8 @@ def _chain_losses(loss, model, args) -> Array:
     """The loss at each chain's current position, shape `(K,)`."""
     leaves, treedef, gidx = _flatten(model)
     positions = _positions(leaves, gidx)
+    if not positions:  # no chains: one value
+        return jnp.asarray(loss(_plain_at(leaves, treedef, gidx, {}), *args))[None]
     return over_chains(
         lambda p: loss(_plain_at(leaves, treedef, gidx, p), *args), positions
     )
@@ -151,7 +160,7 @@ def _init_states(loss, model, key, args):
         new[i] = leaves[i].initialise(
             starts[i],
             _logdensity_for(loss, leaves, treedef, gidx, i, args),
-            {j: p for j, p in starts.items() if j != i},
+            {j: p for j, p in starts.items() if j != i and leaves[j].chained},
         )
     return _strong(jax.tree.unflatten(treedef, new))
 
@@ -352,7 +361,7 @@ class Solver(eqx.Module):
             raise ValueError(_NO_GROUPS)
         for group in groups:
             group.check()
-        chains = {g.name: g.num_chains for g in groups}
+        chains = {g.name: g.num_chains for g in groups if g.chained}
         if len(set(chains.values())) > 1:
             detail = ", ".join(f"'{n}' has num_chains={k}" for n, k in chains.items())
             raise ValueError(_CHAINS.format(detail=detail))

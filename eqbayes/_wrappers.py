@@ -66,6 +66,13 @@ class AbstractGroup(eqx.Module):
         """K: the leading axis of `positions()`."""
 
     @property
+    def chained(self) -> bool:
+        """Whether the group carries K chains (MCMC). A group that is not (an optax
+        point estimate, a variational fit) has one value, `current()`, which every
+        chain of the other groups sees; `positions()` is then not called."""
+        return True
+
+    @property
     @abc.abstractmethod
     def schedule(self) -> tuple[int, int, int]:
         """`(warmup, keep, thin)`: the solver steps this group needs."""
