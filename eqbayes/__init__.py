@@ -8,11 +8,13 @@ import importlib.metadata
 
 from . import diagnostics as diagnostics, priors as priors
 from ._mcmc import KernelDiagnostics as KernelDiagnostics
+from ._optax import OptaxGroup as OptaxGroup, optimise as optimise
 from ._posterior import History as History, Posterior as Posterior, Result as Result
-from ._solver import Solver as Solver, SolverState as SolverState
+from ._solver import Solver as Solver, SolverState as SolverState, Substep as Substep
 from ._wrappers import (
     bayesian as bayesian,
     BayesianLeaf as BayesianLeaf,
+    MaskedGroup as MaskedGroup,
     unwrap as unwrap,
 )
 from .diagnostics import ess as ess, rhat as rhat

@@ -50,12 +50,6 @@ _UNKNOWN_FAMILY = (
     "parameters are {params}. Rename the first parameter of your factory, e.g. "
     "`def my_kernel(logdensity_fn, step_size): ...`."
 )
-_SG_NOT_YET = (
-    "`eb.bayesian(..., kernel={kernel_name})` for group '{name}': stochastic-gradient "
-    "kernels (first parameter `grad_estimator`) need minibatched data, which this "
-    "version of eqbayes does not provide yet. Use a full-data kernel such as "
-    "`blackjax.nuts`, `blackjax.hmc` or `blackjax.mala`."
-)
 _UNKNOWN_KWARG = (
     "`eb.bayesian(..., kernel={kernel_name}, {kwarg}=...)` for group '{name}': the "
     "kernel does not take `{kwarg}`. It accepts {params}."
@@ -99,6 +93,17 @@ class KernelSpec:
             "inverse_mass_matrix" in self.parameters
         )
 
+    @property
+    def is_stochastic_gradient(self) -> bool:
+        """Kernels built from a gradient estimator (SGLD, SGHMC, SGNHT)."""
+        return self.family == STOCHASTIC_GRADIENT
+
+    @property
+    def takes_step_size(self) -> bool:
+        """Whether the kernel needs a step size (a factory keyword for full-data
+        kernels; an argument of every step for stochastic-gradient ones)."""
+        return self.is_stochastic_gradient or "step_size" in self.parameters
+
     def accepts(self, kwarg: str) -> bool:
         return self.var_keyword or kwarg in self.parameters
 
@@ -106,6 +111,16 @@ class KernelSpec:
         """Builds the `SamplingAlgorithm`, dropping keywords it does not take."""
         kwargs = {k: v for k, v in kwargs.items() if self.accepts(k)}
         return self.factory(logdensity_fn, **kwargs)
+
+    def step_keywords(self, **kwargs: Any) -> tuple[str, ...]:
+        """The optional keywords of a stochastic-gradient kernel's `step` after
+        `(rng_key, state, minibatch, step_size)`, e.g. `temperature`."""
+        algorithm = self.build(lambda position, minibatch: position, **kwargs)
+        try:
+            params = list(inspect.signature(algorithm.step).parameters)
+        except (TypeError, ValueError):
+            return ()
+        return tuple(params[4:])
 
 
 def _kernel_name(factory: Any) -> str:
@@ -142,7 +157,7 @@ def kernel_spec(factory: Any, group_name: str) -> KernelSpec:
     if first == "logdensity_fn":
         family = FULL_DATA
     elif first == "grad_estimator":
-        raise NotImplementedError(_SG_NOT_YET.format(kernel_name=name, name=group_name))
+        family = STOCHASTIC_GRADIENT
     else:
         raise TypeError(
             _UNKNOWN_FAMILY.format(
@@ -170,14 +185,20 @@ def kernel_spec(factory: Any, group_name: str) -> KernelSpec:
 def check_kernel_kwargs(spec: KernelSpec, kwargs: Mapping[str, Any], group_name: str):
     """Every keyword must be accepted; every required one (bar those eqbayes
     supplies) must be present."""
+    step_keywords: tuple[str, ...] = ()
+    if spec.is_stochastic_gradient:
+        factory_kwargs = {k: v for k, v in kwargs.items() if spec.accepts(k)}
+        step_keywords = ("step_size", *spec.step_keywords(**factory_kwargs))
     for kwarg in kwargs:
-        if not spec.accepts(kwarg):
+        if not spec.accepts(kwarg) and kwarg not in step_keywords:
             raise TypeError(
                 _UNKNOWN_KWARG.format(
                     kernel_name=spec.name,
                     kwarg=kwarg,
                     name=group_name,
-                    params=", ".join(f"`{p}`" for p in spec.parameters),
+                    params=", ".join(
+                        f"`{p}`" for p in (*spec.parameters, *step_keywords)
+                    ),
                 )
             )
     supplied = {"step_size", "inverse_mass_matrix"}
@@ -191,12 +212,15 @@ def check_kernel_kwargs(spec: KernelSpec, kwargs: Mapping[str, Any], group_name:
 
 
 def position_of(state: Any, spec: KernelSpec, group_name: str) -> Any:
-    """The chain position held by a kernel state."""
+    """The chain position held by a kernel state (for SGLD and SGHMC the state
+    is the position itself)."""
     fields = getattr(state, "_fields", ()) if isinstance(state, tuple) else ()
     if "position" in fields:
         return getattr(state, "position")
     if isinstance(state, Mapping) and "position" in state:
         return state["position"]
+    if spec.is_stochastic_gradient:
+        return state
     raise TypeError(
         _BAD_STATE.format(kernel_name=spec.name, name=group_name, type=type(state))
     )

@@ -105,6 +105,43 @@ def _kernel_kwargs(
     return kwargs
 
 
+def _algorithm(spec: KernelSpec, logdensity: LogDensity, kwargs: dict[str, Any]):
+    """The `SamplingAlgorithm` for one chain, and the keywords of each `step`.
+
+    Full-data kernels get the log density; stochastic-gradient kernels a gradient
+    estimator of it (the solver has already closed the minibatch into the log
+    density, so the estimator ignores blackjax's `minibatch` argument), and take
+    the step size (and e.g. `temperature`) at every step.
+    """
+    if not spec.is_stochastic_gradient:
+        return spec.build(logdensity, **kwargs), {}
+
+    def grad_estimator(position, minibatch):
+        del minibatch
+        return jax.grad(logdensity)(position)
+
+    factory = {k: v for k, v in kwargs.items() if spec.accepts(k)}
+    step = {k: v for k, v in kwargs.items() if not spec.accepts(k)}
+    return spec.build(grad_estimator, **factory), step
+
+
+def _init_kernel(spec: KernelSpec, algorithm, position, key):
+    """`algorithm.init`, with a key for kernels whose state is random (SGNHT)."""
+    if spec.is_stochastic_gradient:
+        return algorithm.init(position, key)
+    return algorithm.init(position)
+
+
+def _step_kernel(spec: KernelSpec, algorithm, step_kwargs, key, state):
+    """`(new_state, diagnostic fields)` of one transition."""
+    if spec.is_stochastic_gradient:
+        step_kwargs = dict(step_kwargs)
+        step_size = step_kwargs.pop("step_size")
+        return algorithm.step(key, state, (), step_size, **step_kwargs), {}
+    new_state, info = algorithm.step(key, state)
+    return new_state, info_fields(info)
+
+
 def initial_positions(
     position: ArrayTree, config: MCMCConfig, key: PRNGKeyArray
 ) -> ArrayTree:
@@ -138,17 +175,19 @@ def init_state(
     logdensity_for: Callable[[ArrayTree], LogDensity],
     others: ArrayTree,
     name: str,
+    key: PRNGKeyArray,
 ) -> MCMCState:
     """Builds the group's state from its K starting positions (chain axis first).
 
-    `logdensity_for` and `others` are as in `step_state`.
+    `logdensity_for` and `others` are as in `step_state`; `key` seeds kernels
+    whose initial state is random (SGNHT's momentum).
     """
     one = jax.tree.map(lambda x: x[0], positions)
     dtype = jax.tree.leaves(one)[0].dtype
     flat, _ = jax.flatten_util.ravel_pytree(one)
     spec = config.kernel
     step_size = None
-    if "step_size" in spec.parameters:
+    if spec.takes_step_size:
         initial = 1.0 if config.step_size is None else config.step_size
         step_size = jnp.asarray(initial, dtype)
     imm = None
@@ -156,10 +195,12 @@ def init_state(
         imm = arrays.get("inverse_mass_matrix", jnp.ones(flat.size, dtype))
     kwargs = _kernel_kwargs(config, step_size, imm, arrays)
 
-    def init_one(position, others_k):
-        return spec.build(logdensity_for(others_k), **kwargs).init(position)
+    def init_one(position, others_k, key_k):
+        algorithm, _ = _algorithm(spec, logdensity_for(others_k), kwargs)
+        return _init_kernel(spec, algorithm, position, key_k)
 
-    kernel_state = over_chains(init_one, positions, others)
+    keys = jr.split(key, config.num_chains)
+    kernel_state = over_chains(init_one, positions, others, keys)
     position_of(kernel_state, spec, name)  # a clear error for an odd custom state
     adaptation = None
     if config.adapts:
@@ -168,9 +209,8 @@ def init_state(
 
     # The info structure, without running anything.
     def probe(state, others_0):
-        kernel = spec.build(logdensity_for(others_0), **kwargs)
-        _, info = kernel.step(jr.key(0), state)
-        return info_fields(info)
+        algorithm, step_kwargs = _algorithm(spec, logdensity_for(others_0), kwargs)
+        return _step_kernel(spec, algorithm, step_kwargs, jr.key(0), state)[1]
 
     first = jax.tree.map(lambda x: x[0], (kernel_state, others))
     info_shapes = jax.eval_shape(probe, *first)
@@ -220,11 +260,12 @@ def step_state(
     kwargs = _kernel_kwargs(config, state.step_size, state.inverse_mass_matrix, arrays)
 
     def one_chain(kernel_state, others_k, key_k):
-        kernel = spec.build(logdensity_for(others_k), **kwargs)
-        if refresh:
-            kernel_state = kernel.init(position_of(kernel_state, spec, name))
-        new_state, info = kernel.step(key_k, kernel_state)
-        return new_state, info_fields(info)
+        algorithm, step_kwargs = _algorithm(spec, logdensity_for(others_k), kwargs)
+        # Stochastic-gradient states cache no log density: nothing to refresh.
+        if refresh and not spec.is_stochastic_gradient:
+            position = position_of(kernel_state, spec, name)
+            kernel_state = algorithm.init(position)
+        return _step_kernel(spec, algorithm, step_kwargs, key_k, kernel_state)
 
     # One chain uses the group's key as it is (a split costs a hash per step).
     keys = jr.split(key, config.num_chains) if config.num_chains > 1 else key[None]

@@ -1,6 +1,7 @@
 """The Solver: `init -> step -> result`, and `run` as compiled chunks of steps."""
 
 import collections
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -14,10 +15,11 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
+from . import _optax
 from ._custom_types import ArrayTree
 from ._mcmc import KernelDiagnostics, over_chains
 from ._posterior import History, Posterior, Result
-from ._wrappers import AbstractGroup, is_group, unwrap
+from ._wrappers import AbstractGroup, collapse, is_group, unwrap
 
 
 logger = logging.getLogger("eqbayes")
@@ -65,18 +67,64 @@ class SolverState(eqx.Module):
     **Fields:**
 
     - `model`: the marked model; each group wrapper holds its state (kernel states
-        of the K chains, step size, inverse mass matrix, adaptation, sample buffers).
+        of the K chains, step size, inverse mass matrix, adaptation, sample buffers,
+        optax states).
     - `step`: solver steps taken so far.
     - `key`: the solve's key; step `t` uses `jax.random.fold_in(key, t)`, so a
         solve can be chunked, stepped by hand or resumed without changing its chain.
+    - `opt_state`: the state of `Solver(optimizer=...)` for the unmarked leaves
+        (None without one).
+    - `data_order`: with minibatches, the current epoch's permutation of the data
+        (None without).
+    - `batch_size`: the minibatch size (static; None: no minibatches).
     """
 
     model: PyTree
     step: Int[Array, ""]
     key: PRNGKeyArray
+    opt_state: PyTree = None
+    data_order: Int[Array, " data"] | None = None
+    batch_size: int | None = eqx.field(static=True, default=None)
+
+
+class Substep(eqx.Module):
+    """One stage of a solver step: the named groups step on their own loss.
+
+    With `eb.Solver(loss, substeps=(...))`, each solver step runs the substeps in
+    order; in each, only its groups make a transition, on its `loss`, while every
+    other group is held at its current value (no gradient flows into it). The
+    classic use is a two-stage inverse problem: first an optax step of a surrogate
+    on its data, then a kernel step of a physical coefficient on the physics, with
+    the surrogate fixed.
+
+    **Arguments:**
+
+    - `loss`: `loss(model, *args) -> scalar` (with `data=`,
+        `loss(model, batch_or_data, *args)`), called with the plain model.
+    - `groups`: the names of the groups this substep moves (a name or a tuple).
+    """
+
+    loss: Callable[..., Any] = eqx.field(static=True)
+    groups: tuple[str, ...] = eqx.field(
+        static=True, converter=lambda g: (g,) if isinstance(g, str) else tuple(g)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    """What a compiled step needs to know beyond the state (hashable, static)."""
+
+    loss: Callable[..., Any]
+    optimizer: Any
+    optimizer_chains: str
+    substeps: tuple[Substep, ...]
 
 
 # -- the pure mechanics ---------------------------------------------------------
+
+# Minibatch orders use keys from their own stream: step keys are
+# `fold_in(key, step)` with `step < 2**31`.
+_DATA_STREAM = 0xFFFFFFFF
 
 
 def _flatten(model: PyTree):
@@ -94,7 +142,7 @@ def _plain_at(leaves, treedef, gidx, positions: dict[int, ArrayTree]) -> PyTree:
             new[j] = leaves[j].materialise(positions[j])
         else:
             new[j] = leaves[j].current()
-    return jax.tree.unflatten(treedef, new)
+    return collapse(jax.tree.unflatten(treedef, new))
 
 
 def _logdensity_for(loss, leaves, treedef, gidx, i, args) -> Callable:
@@ -105,9 +153,7 @@ def _logdensity_for(loss, leaves, treedef, gidx, i, args) -> Callable:
     def for_chain(others_k):
         def logdensity(theta):
             model = _plain_at(leaves, treedef, gidx, {**others_k, i: theta})
-            value = group.log_density(loss(model, *args), theta)
-            # A non-finite log density is a rejected (divergent) transition.
-            return jnp.where(jnp.isfinite(value), value, -jnp.inf)
+            return group.log_density(loss(model, *args), theta)
 
         return logdensity
 
@@ -121,23 +167,123 @@ def _positions(leaves, gidx, exclude: int | None = None) -> dict[int, ArrayTree]
     }
 
 
-def _transition(loss, state: SolverState, args, *, phase: str, recording: str):
-    """One solver step: every group makes one transition, in a fixed cycle."""
+def _rest_indices(leaves, gidx) -> tuple[int, ...]:
+    """The unmarked floating-point leaves: what `Solver(optimizer=...)` trains."""
+    marked = set(gidx)
+    return tuple(
+        i for i, x in enumerate(leaves) if i not in marked and eqx.is_inexact_array(x)
+    )
+
+
+def _train_rest(program: _Program, leaves, treedef, gidx, opt_state, args):
+    """One optax step on the unmarked leaves, the groups at their positions."""
+    index = _rest_indices(leaves, gidx)
+
+    def loss_for(others_k):
+        def loss(params):
+            new = list(leaves)
+            for i, p in zip(index, params):
+                new[i] = p
+            return program.loss(_plain_at(new, treedef, gidx, others_k), *args)
+
+        return loss
+
+    params, opt_state = _optax.update(
+        program.optimizer,
+        loss_for,
+        [leaves[i] for i in index],
+        opt_state,
+        _positions(leaves, gidx),
+        program.optimizer_chains,  # type: ignore[arg-type]
+    )
+    leaves = list(leaves)
+    for i, p in zip(index, params):
+        leaves[i] = p
+    return leaves, opt_state
+
+
+def _num_data(data) -> int:
+    return jax.tree.leaves(data)[0].shape[0]
+
+
+def _next_batch(state: "SolverState", data):
+    """The step's minibatch: epoch-wise shuffling without replacement. Each epoch
+    (`N // batch_size` steps; the last incomplete batch is dropped) draws a fresh
+    permutation, from the solve's key and the epoch number."""
+    assert state.batch_size is not None and state.data_order is not None
+    n = _num_data(data)
+    per_epoch = n // state.batch_size
+    i = state.step % per_epoch
+
+    def reshuffle(_):
+        stream = jr.fold_in(state.key, jnp.uint32(_DATA_STREAM))
+        key = jr.fold_in(stream, state.step // per_epoch)
+        return jr.permutation(key, n).astype(state.data_order.dtype)
+
+    order = jax.lax.cond(i == 0, reshuffle, lambda _: state.data_order, None)
+    index = jax.lax.dynamic_slice_in_dim(order, i * state.batch_size, state.batch_size)
+    batch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
+    return batch, order
+
+
+def _loss_args(args, data, batch):
+    """The loss's arguments for full-data groups and for minibatched ones."""
+    full = tuple(args) if data is None else (data, *args)
+    mini = full if batch is None else (batch, *args)
+    return full, mini
+
+
+def _stages(program: _Program, leaves, gidx):
+    """`(loss, group indices)` per substep (one stage without substeps)."""
+    if not program.substeps:
+        return [(program.loss, gidx)]
+    index = {leaves[i].name: i for i in gidx}
+    return [
+        (sub.loss, tuple(index[name] for name in sub.groups))
+        for sub in program.substeps
+    ]
+
+
+def _transition(
+    program: _Program, state: SolverState, args, data, batch, *, phase, recording
+):
+    """One solver step: every group makes one transition, in a fixed cycle (per
+    substep), then the unmarked leaves take one optimiser step."""
     leaves, treedef, gidx = _flatten(state.model)
     key = jr.fold_in(state.key, state.step)
-    refresh = len(gidx) > 1
-    for n, i in enumerate(gidx):
-        leaves[i] = leaves[i].transition(
-            jr.fold_in(key, n) if len(gidx) > 1 else key,
-            state.step,
-            _logdensity_for(loss, leaves, treedef, gidx, i, args),
-            _positions(leaves, gidx, exclude=i),
-            refresh=refresh,
-            phase=phase,
-            recording=recording,
-        )
+    order = state.data_order
+    if batch is None and state.batch_size is not None:
+        batch, order = _next_batch(state, data)
+    full, mini = _loss_args(args, data, batch)
+    # Kernel states cache the log density under the other parts' values: refresh
+    # them when anything else moves between two of the group's transitions.
+    refresh = len(gidx) > 1 or program.optimizer is not None
+    number = {i: n for n, i in enumerate(gidx)}
+    for loss, members in _stages(program, leaves, gidx):
+        for i in members:
+            leaves[i] = leaves[i].transition(
+                jr.fold_in(key, number[i]) if len(gidx) > 1 else key,
+                state.step,
+                _logdensity_for(
+                    loss,
+                    leaves,
+                    treedef,
+                    gidx,
+                    i,
+                    mini if leaves[i].minibatched else full,
+                ),
+                _positions(leaves, gidx, exclude=i),
+                refresh=refresh,
+                phase=phase,
+                recording=recording,
+            )
+    opt_state = state.opt_state
+    if program.optimizer is not None:
+        leaves, opt_state = _train_rest(program, leaves, treedef, gidx, opt_state, mini)
     model = jax.tree.unflatten(treedef, leaves)
-    return SolverState(model, state.step + 1, state.key)
+    return SolverState(
+        model, state.step + 1, state.key, opt_state, order, state.batch_size
+    )
 
 
 def _chain_losses(loss, model, args) -> Array:
@@ -152,17 +298,29 @@ def _chain_losses(loss, model, args) -> Array:
 
 
 @eqx.filter_jit
-def _init_states(loss, model, key, args):
+def _init_states(program: _Program, model, key, full, mini):
     leaves, treedef, gidx = _flatten(model)
     starts = {j: leaves[j].start(jr.fold_in(key, n)) for n, j in enumerate(gidx)}
     new = list(leaves)
-    for i in gidx:
+    for n, i in enumerate(gidx):
         new[i] = leaves[i].initialise(
             starts[i],
-            _logdensity_for(loss, leaves, treedef, gidx, i, args),
+            _logdensity_for(
+                program.loss,
+                leaves,
+                treedef,
+                gidx,
+                i,
+                mini if leaves[i].minibatched else full,
+            ),
             {j: p for j, p in starts.items() if j != i and leaves[j].chained},
+            jr.fold_in(jr.fold_in(key, n), 1),
         )
-    return _strong(jax.tree.unflatten(treedef, new))
+    opt_state = None
+    if program.optimizer is not None:
+        index = _rest_indices(leaves, gidx)
+        opt_state = program.optimizer.init([leaves[i] for i in index])
+    return _strong((jax.tree.unflatten(treedef, new), opt_state))
 
 
 def _strong(tree):
@@ -186,34 +344,42 @@ def _fori(num, body, state):
 
 
 @eqx.filter_jit
-def _step(loss, state, args):
-    return _strong(_transition(loss, state, args, phase="any", recording="auto"))
+def _step(program, state, args, data, batch):
+    return _strong(
+        _transition(program, state, args, data, batch, phase="any", recording="auto")
+    )
 
 
 @eqx.filter_jit
-def _run_general(loss, state, args, num_steps):
+def _run_general(program, state, args, data, num_steps):
     def body(_, s):
-        return _transition(loss, s, args, phase="any", recording="auto")
+        return _transition(program, s, args, data, None, phase="any", recording="auto")
 
     state = _fori(num_steps, body, state)
-    return state, jnp.mean(_chain_losses(loss, state.model, args))
+    full, _ = _loss_args(args, data, None)
+    return state, jnp.mean(_chain_losses(program.loss, state.model, full))
 
 
 @eqx.filter_jit
-def _run_fast(loss, state, args, num_warmup, num_sample):
-    """The pure-Bayesian fast path: `num_warmup` warmup steps (adaptation, no
-    recording), then `num_sample` steps past warmup, each writing its draw's slot
-    (the last write to a slot, at the `thin`-th step, is the draw). No conditions on
-    the step counter; one program for every chunk."""
+def _run_fast(program, state, args, data, num_warmup, num_sample):
+    """The fast path (every sampled group on one schedule): `num_warmup` warmup
+    steps (adaptation, no recording), then `num_sample` steps past warmup, each
+    writing its draw's slot (the last write to a slot, at the `thin`-th step, is
+    the draw). No conditions on the step counter; one program for every chunk."""
 
     def warm(_, s):
-        return _transition(loss, s, args, phase="warmup", recording="never")
+        return _transition(
+            program, s, args, data, None, phase="warmup", recording="never"
+        )
 
     def sample(_, s):
-        return _transition(loss, s, args, phase="sample", recording="always")
+        return _transition(
+            program, s, args, data, None, phase="sample", recording="always"
+        )
 
     state = _fori(num_sample, sample, _fori(num_warmup, warm, state))
-    return state, jnp.mean(_chain_losses(loss, state.model, args))
+    full, _ = _loss_args(args, data, None)
+    return state, jnp.mean(_chain_losses(program.loss, state.model, full))
 
 
 # -- the public Solver ----------------------------------------------------------
@@ -238,6 +404,7 @@ def _as_key(key: Any, fn: str) -> PRNGKeyArray:
 
 
 def _groups(model: PyTree) -> list[AbstractGroup]:
+    """Every group of a model (masked groups' members included)."""
     return [leaf for leaf in jax.tree.leaves(model, is_leaf=is_group) if is_group(leaf)]
 
 
@@ -271,9 +438,11 @@ class Solver(eqx.Module):
     **Arguments:**
 
     - `loss`: `loss(model, *args) -> scalar`, called with the plain model (every
-        wrapper replaced by values). With `data=`, `loss(model, data, *args)`.
-    - `optimizer`: reserved for optax training of unmarked leaves (not available
-        yet; must be None: unmarked leaves stay frozen).
+        wrapper replaced by values). With `data=`, `loss(model, data, *args)`,
+        where minibatched parts see a minibatch in place of `data`.
+    - `optimizer`: an optax optimiser for every floating-point leaf that no group
+        holds (`None`: those leaves stay frozen). It takes one step per solver step,
+        after the groups, on the loss with the sampled groups at their positions.
     - `print_every`: steps per compiled chunk: one dispatch, one host transfer and
         one progress-bar update per chunk. By default a tenth of the solve when a
         progress bar is shown, else the whole solve in one chunk (each dispatch
@@ -281,6 +450,12 @@ class Solver(eqx.Module):
     - `progress`: show a progress bar (needs `tqdm`: `pip install 'eqbayes[progress]'`;
         without it, no bar).
     - `callbacks`: reserved (must be empty).
+    - `optimizer_chains`: with K > 1 chains, `optimizer`'s gradient is taken at
+        chain 0 of the sampled groups (`"first"`) or averaged over the K chains
+        (`"mean"`); see [`eqbayes.optimise`][].
+    - `substeps`: a sequence of [`eqbayes.Substep`][]: each solver step then runs
+        them in order, each moving only its groups on its own loss. Every group
+        must be in exactly one substep; `loss` is still the one reported.
 
     !!! Example
 
@@ -295,6 +470,8 @@ class Solver(eqx.Module):
     print_every: int | None = eqx.field(static=True, default=None)
     progress: bool = eqx.field(static=True, default=True)
     callbacks: Sequence[Any] = eqx.field(static=True, default=())
+    optimizer_chains: str = eqx.field(static=True, default="first")
+    substeps: tuple[Substep, ...] = eqx.field(static=True, default=(), converter=tuple)
 
     def __check_init__(self):
         if not callable(self.loss):
@@ -303,9 +480,17 @@ class Solver(eqx.Module):
                 f"scalar`; got an object of type `{type(self.loss).__name__}`."
             )
         if self.optimizer is not None:
-            raise NotImplementedError(
-                _NOT_YET.format(call="Solver(..., optimizer=...)", what="optax parts")
-            )
+            _optax.check_optimizer(self.optimizer, "Solver(..., optimizer=...)")
+        _optax.check_chains(
+            self.optimizer_chains,
+            "Solver(..., optimizer_chains=...)",
+            "optimizer_chains",
+        )
+        for sub in self.substeps:
+            if not isinstance(sub, Substep):
+                raise TypeError(_SUBSTEP_TYPE.format(type=type(sub).__name__))
+        if self.substeps and self.optimizer is not None:
+            raise ValueError(_SUBSTEPS_OPTIMIZER)
         if tuple(self.callbacks):
             raise NotImplementedError(
                 _NOT_YET.format(call="Solver(..., callbacks=...)", what="callbacks")
@@ -316,11 +501,11 @@ class Solver(eqx.Module):
         ):
             raise ValueError(_PRINT_EVERY.format(value=pe))
 
-    # -- init -> step -> result ---------------------------------------------------
+    @property
+    def _program(self) -> _Program:
+        return _Program(self.loss, self.optimizer, self.optimizer_chains, self.substeps)
 
-    def _loss_args(self, args, data):
-        args = tuple(args)
-        return args if data is None else (data, *args)
+    # -- init -> step -> result ---------------------------------------------------
 
     def init(
         self,
@@ -338,26 +523,23 @@ class Solver(eqx.Module):
         **Arguments:**
 
         - `model`: the marked model.
-        - `key`: a JAX PRNG key; it fixes the chains' starting jitter and every
-            transition.
+        - `key`: a JAX PRNG key; it fixes the chains' starting jitter, every
+            transition and every minibatch.
         - `args`: extra arguments of the loss.
-        - `data`: optional data pytree, passed to the loss as its second argument.
-        - `batch_size`: reserved for minibatches (not available yet).
+        - `data`: optional data pytree (every leaf with the same leading axis N),
+            passed to the loss as its second argument.
+        - `batch_size`: minibatch size: stochastic-gradient kernels, VI and optax
+            parts then see `batch_size` rows of `data` per step (reshuffled every
+            epoch, drawn inside the compiled step); full-data kernels still see all
+            of it.
 
         **Returns:**
 
         A [`eqbayes.SolverState`][] at step 0.
         """
-        if batch_size is not None:
-            raise NotImplementedError(
-                _NOT_YET.format(
-                    call="Solver.init(..., batch_size=...)", what="minibatches"
-                )
-            )
         key = _as_key(key, "init")
-        args = self._loss_args(args, data)
         groups = _groups(model)
-        if not groups:
+        if not groups and self.optimizer is None:
             raise ValueError(_NO_GROUPS)
         for group in groups:
             group.check()
@@ -365,17 +547,93 @@ class Solver(eqx.Module):
         if len(set(chains.values())) > 1:
             detail = ", ".join(f"'{n}' has num_chains={k}" for n, k in chains.items())
             raise ValueError(_CHAINS.format(detail=detail))
-        self._check_loss(model, args)
+        leaves, _, gidx = _flatten(model)
+        if self.optimizer is not None and not _rest_indices(leaves, gidx):
+            raise ValueError(_NOTHING_TO_OPTIMISE)
+        self._check_substeps(groups)
+        first = _check_data(data, batch_size, groups, self.optimizer is not None)
+        full, mini = _loss_args(args, data, first)
+        for loss in (self.loss, *(sub.loss for sub in self.substeps)):
+            self._check_loss(loss, model, full)
         init_key, run_key = jr.split(key)
-        model = _init_states(self.loss, model, init_key, args)
-        if logger.isEnabledFor(logging.INFO):
-            for group in _groups(model):
-                logger.info(group.describe())
-        return SolverState(model, jnp.asarray(0, jnp.int32), run_key)
+        model, opt_state = _init_states(self._program, model, init_key, full, mini)
+        data_order = None
+        if batch_size is not None:
+            data_order = jnp.zeros(_num_data(data), jnp.int32)
+        state = SolverState(
+            model, jnp.asarray(0, jnp.int32), run_key, opt_state, data_order, batch_size
+        )
+        self._log_init(state, data, batch_size)
+        return state
 
-    def _check_loss(self, model, args):
+    def _check_substeps(self, groups):
+        if not self.substeps:
+            return
+        names = [g.name for g in groups]
+        seen: dict[str, int] = {}
+        for n, sub in enumerate(self.substeps):
+            for name in sub.groups:
+                if name not in names:
+                    raise ValueError(
+                        _SUBSTEP_UNKNOWN.format(n=n, name=name, names=names)
+                    )
+                if name in seen:
+                    raise ValueError(
+                        _SUBSTEP_TWICE.format(name=name, a=seen[name], b=n)
+                    )
+                seen[name] = n
+        missing = [name for name in names if name not in seen]
+        if missing:
+            raise ValueError(_SUBSTEP_MISSING.format(names=missing))
+        for group in groups:
+            config = getattr(group, "config", None)
+            if config is not None and getattr(config, "adapts", False):
+                raise ValueError(_SUBSTEP_ADAPT.format(name=group.name))
+
+    def _log_init(self, state: SolverState, data, batch_size):
+        groups = _groups(state.model)
+        if logger.isEnabledFor(logging.INFO):
+            for group in groups:
+                logger.info(group.describe())
+            leaves, _, gidx = _flatten(state.model)
+            index = _rest_indices(leaves, gidx)
+            size = sum(leaves[i].size for i in index)
+            if self.optimizer is not None:
+                logger.info(
+                    f"Unmarked leaves ({len(index)} arrays, {size} values): trained "
+                    "by the Solver's optax optimiser."
+                )
+            elif index:
+                logger.info(
+                    f"Unmarked leaves ({len(index)} arrays, {size} values): frozen."
+                )
+            if batch_size is not None:
+                n = _num_data(data)
+                logger.info(
+                    f"Minibatches of {batch_size} of {n} rows, reshuffled every "
+                    f"epoch ({n // batch_size} steps; {n % batch_size} rows dropped "
+                    "per epoch)."
+                )
+        trained = self.optimizer is not None or any(not g.chained for g in groups)
+        chained = [g for g in groups if g.chained]
+        if trained and chained and chained[0].num_chains > 1:
+            if self.optimizer is not None and self.optimizer_chains == "first":
+                logger.warning(_REPRESENTATIVE.format(k=chained[0].num_chains))
+            for g in groups:
+                if getattr(g, "chains", None) == "first":
+                    logger.warning(
+                        f"Group '{g.name}': "
+                        + _REPRESENTATIVE.format(k=chained[0].num_chains)
+                    )
+        if trained:
+            for g in chained:
+                config = getattr(g, "config", None)
+                if config is not None and config.adapts:
+                    logger.warning(_ADAPT_MIXED.format(name=g.name))
+
+    def _check_loss(self, loss, model, args):
         try:
-            out = _loss_shape(self.loss, unwrap(model), args)
+            out = _loss_shape(loss, unwrap(model), args)
         except Exception as err:  # noqa: BLE001 - re-raised with context
             raise type(err)(_LOSS_FAILED.format(err=err)) from err
         if not (
@@ -403,15 +661,24 @@ class Solver(eqx.Module):
         A loop of `step` calls gives the same chain as `run` for the same key.
         `args` (and `data`) must be the ones the state was initialised with.
 
+        **Arguments:**
+
+        - `state`: the current [`eqbayes.SolverState`][].
+        - `args`: extra arguments of the loss.
+        - `data`: the data of `init`; with a `batch_size` the step draws its
+            minibatch from it, exactly as `run` does.
+        - `batch`: a minibatch of your own for the minibatched parts (then `data`,
+            if given, is what full-data kernels see; otherwise they see `batch`).
+
         **Returns:**
 
         The new [`eqbayes.SolverState`][].
         """
-        if batch is not None:
-            raise NotImplementedError(
-                _NOT_YET.format(call="Solver.step(..., batch=...)", what="minibatches")
-            )
-        return _step(self.loss, state, self._loss_args(args, data))
+        if batch is None and state.batch_size is not None and data is None:
+            raise ValueError(_STEP_NEEDS_DATA)
+        if batch is not None and data is None:
+            data = batch
+        return _step(self._program, state, tuple(args), data, batch)
 
     def result(self, state: SolverState, history: History | None = None) -> Result:
         """Collects the posterior and the plain model from a state.
@@ -428,14 +695,17 @@ class Solver(eqx.Module):
         """
         steps_done = int(state.step)
         plain = unwrap(state.model)
-
-        samples = jax.tree.map(
-            lambda x: x.draws(steps_done) if is_group(x) else None,
-            state.model,
-            is_leaf=is_group,
+        samples = collapse(
+            jax.tree.map(
+                lambda x: x.draws(steps_done) if is_group(x) else None,
+                state.model,
+                is_leaf=is_group,
+            )
         )
         diagnostics = {
-            g.name: g.kernel_diagnostics(steps_done) for g in _groups(state.model)
+            g.name: g.kernel_diagnostics(steps_done)
+            for g in _groups(state.model)
+            if g.sampled
         }
         if history is None:
             history = History(jnp.zeros((0,)), {})
@@ -459,13 +729,14 @@ class Solver(eqx.Module):
         **Arguments:**
 
         - `model`: the marked model (see [`eqbayes.bayesian`][]).
-        - `steps`: solver steps; `None` means the longest group's
-            `warmup + keep * thin`. A longer solve keeps each group's last `keep`
-            draws.
+        - `steps`: solver steps; `None` means the longest sampling group's
+            `warmup + keep * thin` (required when no group samples). A longer solve
+            keeps each group's last `keep` draws.
         - `key`: a JAX PRNG key (`jax.random.key(0)`); same key, same chain.
         - `args`: extra arguments of the loss, `loss(model, *args)`.
         - `data`: optional data, passed as `loss(model, data, *args)`.
-        - `batch_size`: reserved for minibatches (not available yet).
+        - `batch_size`: minibatch size for the minibatched parts (see
+            [`eqbayes.Solver.init`][]).
         - `state`: continue from this state (e.g. a saved one) instead of
             initialising; `steps` then counts the further steps (default: to the
             end of the longest group's schedule).
@@ -475,15 +746,20 @@ class Solver(eqx.Module):
         A [`eqbayes.Result`][].
         """
         groups = _groups(model if state is None else state.model)
-        if not groups:
+        if not groups and self.optimizer is None:
             raise ValueError(_NO_GROUPS)
         done = 0 if state is None else int(state.step)
-        needed = max(w + k * t for w, k, t in (g.schedule for g in groups))
+        schedules = {g.schedule for g in groups if g.chained}
+        needed = max((w + k * t for w, k, t in schedules), default=0)
         if steps is None:
+            if not schedules:
+                raise ValueError(_NEED_STEPS)
             steps = max(needed - done, 0)
         elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(_STEPS_TYPE.format(steps=steps))
         for g in groups:
+            if not g.chained:
+                continue
             warmup, keep, thin = g.schedule
             if done + steps < warmup + keep * thin:
                 raise ValueError(
@@ -500,7 +776,10 @@ class Solver(eqx.Module):
             state = self.init(
                 model, key=key, args=args, data=data, batch_size=batch_size
             )
-        args = self._loss_args(args, data)
+        elif state.batch_size is not None and data is None:
+            raise ValueError(_STEP_NEEDS_DATA)
+        args = tuple(args)
+        program = self._program
         bar = _progress_bar(self.progress, steps)
         if self.print_every is not None:
             chunk = self.print_every
@@ -508,14 +787,13 @@ class Solver(eqx.Module):
             chunk = max(1, math.ceil(steps / 10))
         else:  # nobody is watching: one dispatch for the whole solve
             chunk = steps
-        configs = {g.schedule for g in groups}
-        fast = len(configs) == 1 and done == 0 and steps == needed
+        fast = len(schedules) == 1 and done == 0 and steps == needed
         losses = []
         with _logging_around(bar):
             if fast:
-                ((warmup, keep, thin),) = configs
+                ((warmup, keep, thin),) = schedules
                 logger.info(
-                    f"MCMC fast path: warmup {warmup} steps in one loop, then "
+                    f"Fast path: warmup {warmup} steps in one loop, then "
                     f"{keep} draws x thin {thin} in chunks of "
                     f"{max(1, chunk // thin)} draws (warmup runs in the first chunk)."
                 )
@@ -524,9 +802,10 @@ class Solver(eqx.Module):
                     n = min(per_chunk, keep - start)
                     n_warm = warmup if start == 0 else 0
                     state, loss = _run_fast(
-                        self.loss,
+                        program,
                         state,
                         args,
+                        data,
                         jnp.asarray(n_warm),
                         jnp.asarray(n * thin),
                     )
@@ -535,12 +814,14 @@ class Solver(eqx.Module):
             else:
                 logger.info(
                     f"General path: {steps} steps in chunks of {chunk} "
-                    f"(fast path needs one warmup/keep/thin for all groups and a "
-                    f"fresh solve of exactly their length)."
+                    f"(the fast path needs one warmup/keep/thin for all sampling "
+                    f"groups and a fresh solve of exactly their length)."
                 )
                 for start in range(0, steps, chunk):
                     n = min(chunk, steps - start)
-                    state, loss = _run_general(self.loss, state, args, jnp.asarray(n))
+                    state, loss = _run_general(
+                        program, state, args, data, jnp.asarray(n)
+                    )
                     losses.append(np.asarray(loss))  # one host transfer per chunk
                     _advance(bar, n)
         history = History(
@@ -552,6 +833,105 @@ class Solver(eqx.Module):
             for name, diagnostics in result.posterior.diagnostics.items():
                 logger.info(_summarise(name, diagnostics))
         return result
+
+
+def _check_data(data, batch_size, groups, optimizer: bool):
+    """Validates `data=` / `batch_size=`; returns a first minibatch (or None)."""
+    if data is not None:
+        leaves = jax.tree.leaves(data)
+        if not leaves or not all(eqx.is_array_like(x) for x in leaves):
+            raise TypeError(_DATA_TYPE)
+        sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(_DATA_SIZES.format(sizes=sorted(map(str, sizes))))
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(_BATCH_SIZE.format(value=batch_size, n="N"))
+    if data is None:
+        raise ValueError(_BATCH_WITHOUT_DATA)
+    n = _num_data(data)
+    if not 1 <= batch_size <= n:
+        raise ValueError(_BATCH_SIZE.format(value=batch_size, n=n))
+    if not optimizer and not any(g.minibatched for g in groups):
+        raise ValueError(_BATCH_UNUSED)
+    return jax.tree.map(lambda x: jnp.asarray(x)[:batch_size], data)
+
+
+_NEED_STEPS = (
+    "`Solver.run(model, steps=None, ...)`: no group samples a chain, so there is no "
+    "schedule to take the length from. Pass `steps=`."
+)
+_NOTHING_TO_OPTIMISE = (
+    "`Solver(loss, optimizer=...)`: every floating-point leaf of the model belongs "
+    "to a group, so the optimiser has nothing to train. Drop `optimizer=` (or mark "
+    "fewer leaves)."
+)
+_SUBSTEP_TYPE = (
+    "`Solver(..., substeps=...)`: each substep must be an `eb.Substep(loss, "
+    "groups)`; got an object of type `{type}`."
+)
+_SUBSTEPS_OPTIMIZER = (
+    "`Solver(..., optimizer=..., substeps=...)`: with substeps, give each trained "
+    "part a name and a substep: mark it with `eb.optimise(model, optimizer, "
+    "where=..., name=...)` instead of `Solver(optimizer=...)`."
+)
+_SUBSTEP_UNKNOWN = (
+    "`Solver(..., substeps=...)`: substep {n} names group '{name}', but the model's "
+    "groups are {names}."
+)
+_SUBSTEP_TWICE = (
+    "`Solver(..., substeps=...)`: group '{name}' is in substeps {a} and {b}; each "
+    "group moves in exactly one substep."
+)
+_SUBSTEP_MISSING = (
+    "`Solver(..., substeps=...)`: the groups {names} are in no substep, so they "
+    "would never move. Add them to a substep."
+)
+_SUBSTEP_ADAPT = (
+    "`Solver(..., substeps=...)`: group '{name}' adapts its step size "
+    "(`adapt=True`), but within substeps its kernel sees only its substep's loss "
+    "while the other parts still train. Pass `adapt=False` and a hand-set "
+    "`step_size=` to `eb.bayesian(...)`."
+)
+_REPRESENTATIVE = (
+    "with K={k} chains, the optimiser's gradient is taken at chain 0 of the sampled "
+    "groups (one representative: a stochastic-approximation EM step), not at each "
+    "chain. Pass `optimizer_chains='mean'` (`chains='mean'` in `eb.optimise`) to "
+    "average it over the chains, or `num_chains=1` for independent solves."
+)
+_ADAPT_MIXED = (
+    "Group '{name}': window adaptation tunes the step size while the optimised parts "
+    "of the model are still near their initial values, so it may not suit the "
+    "trained model. With optimised parts, `adapt=False` and a hand-set `step_size=` "
+    "are usually the better choice."
+)
+_STEP_NEEDS_DATA = (
+    "`Solver.step(state, ...)` / `Solver.run(..., state=state)`: the state was "
+    "initialised with minibatches, so pass the same `data=` (or a `batch=` of your "
+    "own to `step`)."
+)
+_DATA_TYPE = (
+    "`Solver.init(..., data=...)`: `data` must be a pytree of arrays with a common "
+    "leading axis (the data points)."
+)
+_DATA_SIZES = (
+    "`Solver.init(..., data=...)`: every leaf of `data` needs the same leading axis "
+    "(one row per data point); got leading sizes {sizes}."
+)
+_BATCH_SIZE = (
+    "`Solver.init(..., batch_size={value!r})`: `batch_size` must be an integer "
+    "between 1 and the number of data points ({n})."
+)
+_BATCH_WITHOUT_DATA = (
+    "`Solver.init(..., batch_size=...)`: minibatches are drawn from `data=`; pass "
+    "the data as `data=` (a pytree with one row per data point)."
+)
+_BATCH_UNUSED = (
+    "`Solver.init(..., batch_size=...)`: no part of this model uses minibatches "
+    "(stochastic-gradient kernels, VI and optax parts do; full-data kernels always "
+    "see all of `data`). Drop `batch_size=`."
+)
 
 
 _LOSS_SHAPES: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
@@ -611,4 +991,4 @@ def _advance(bar, n: int):
         bar.update(n)
 
 
-__all__ = ["Solver", "SolverState"]
+__all__ = ["Solver", "SolverState", "Substep"]

@@ -10,12 +10,13 @@ import equinox as eqx
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from jaxtyping import Array, PyTree
 
 from . import _mcmc, priors as _priors
 from ._custom_types import ArrayTree
-from ._kernels import check_kernel_kwargs, FULL_DATA, kernel_spec, position_of
+from ._kernels import check_kernel_kwargs, kernel_spec, position_of
 from ._mcmc import MCMCConfig, MCMCState
 
 
@@ -66,6 +67,19 @@ class AbstractGroup(eqx.Module):
         """K: the leading axis of `positions()`."""
 
     @property
+    def minibatched(self) -> bool:
+        """Whether the group's log density sees minibatches when the solve has a
+        `batch_size` (stochastic-gradient kernels, VI, optax); full-data kernels
+        always see all the data."""
+        return False
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the group has posterior draws (MCMC, VI) rather than a point
+        estimate (optax)."""
+        return True
+
+    @property
     def chained(self) -> bool:
         """Whether the group carries K chains (MCMC). A group that is not (an optax
         point estimate, a variational fit) has one value, `current()`, which every
@@ -86,7 +100,7 @@ class AbstractGroup(eqx.Module):
         """The K starting positions (chain axis first)."""
 
     @abc.abstractmethod
-    def initialise(self, positions, logdensity_for, others) -> "AbstractGroup":
+    def initialise(self, positions, logdensity_for, others, key) -> "AbstractGroup":
         """The group with its solver state built from `positions`."""
 
     @abc.abstractmethod
@@ -144,16 +158,22 @@ class BayesianLeaf(AbstractGroup):
     def schedule(self) -> tuple[int, int, int]:
         return self.config.warmup, self.config.keep, self.config.thin
 
+    @property
+    def minibatched(self) -> bool:
+        return self.config.kernel.is_stochastic_gradient
+
     def log_density(self, loss_value, position):
         log_prior = self.config.prior(position)
-        return -self.config.likelihood_scale * loss_value + log_prior
+        value = -self.config.likelihood_scale * loss_value + log_prior
+        # A non-finite log density is a rejected (divergent) transition.
+        return jnp.where(jnp.isfinite(value), value, -jnp.inf)
 
     def start(self, key):
         return _mcmc.initial_positions(self.initial_position(), self.config, key)
 
-    def initialise(self, positions, logdensity_for, others):
+    def initialise(self, positions, logdensity_for, others, key):
         state = _mcmc.init_state(
-            self.config, self.arrays, positions, logdensity_for, others, self.name
+            self.config, self.arrays, positions, logdensity_for, others, self.name, key
         )
         return eqx.tree_at(lambda g: g.state, self, state, is_leaf=lambda x: x is None)
 
@@ -219,7 +239,12 @@ class BayesianLeaf(AbstractGroup):
             )
         else:
             warm = f"warmup {config.warmup} (discarded)"
-        recorded = ", ".join(fields) if fields else "none (the kernel's info has none)"
+        if config.kernel.is_stochastic_gradient:
+            recorded = "none (stochastic-gradient kernels report no info)"
+        elif fields:
+            recorded = ", ".join(fields)
+        else:
+            recorded = "none (the kernel's info has none)"
         return (
             f"Group '{self.name}': Bayesian sampling with '{config.kernel.name}' "
             f"({config.kernel.family} MCMC), K={config.num_chains} chain(s), {warm}, "
@@ -231,11 +256,49 @@ def is_group(x: Any) -> bool:
     return isinstance(x, AbstractGroup)
 
 
+class MaskedGroup(eqx.Module):
+    """A sub-tree split by masks into groups, each with its own method.
+
+    Made by `mask=` in [`eqbayes.bayesian`][] (and `eb.optimise`, `eb.vi`); do not
+    construct it directly. Each member group's `value` is the sub-tree with `None`
+    outside its mask; `rest` holds every leaf no mask selects (frozen, or trained by
+    the Solver's own optimiser). Only the members' leaves are ever stored per draw.
+    """
+
+    rest: PyTree
+    groups: tuple[AbstractGroup, ...]
+
+    def combined(self) -> PyTree:
+        """The plain sub-tree: `rest` with each member at its current value."""
+        parts = [g.current() if is_group(g) else g for g in self.groups]
+        return eqx.combine(self.rest, *[p for p in parts if p is not None])
+
+    def marked_value(self) -> PyTree:
+        """The plain sub-tree as it was marked."""
+        return eqx.combine(self.rest, *[g.value for g in self.groups])
+
+
+def is_wrapper(x: Any) -> bool:
+    return isinstance(x, (AbstractGroup, MaskedGroup))
+
+
+def _is_masked(x: Any) -> bool:
+    return isinstance(x, MaskedGroup)
+
+
+def collapse(tree: PyTree) -> PyTree:
+    """Replaces every `MaskedGroup` (whose members are already plain sub-trees) by
+    the plain sub-tree."""
+    return jax.tree.map(
+        lambda x: x.combined() if _is_masked(x) else x, tree, is_leaf=_is_masked
+    )
+
+
 def unwrap(model: PyTree) -> PyTree:
     """Returns the plain model: every eqbayes wrapper replaced by its current value.
 
     Sampled leaves hold chain 0's current position (after a solve: its last draw),
-    in the leaf's own shape.
+    in the leaf's own shape; optimised leaves their current value.
 
     **Arguments:**
 
@@ -253,8 +316,10 @@ def unwrap(model: PyTree) -> PyTree:
         assert eqx.tree_equal(eb.unwrap(marked), model)
         ```
     """
-    return jax.tree.map(
-        lambda x: x.current() if is_group(x) else x, model, is_leaf=is_group
+    return collapse(
+        jax.tree.map(
+            lambda x: x.current() if is_group(x) else x, model, is_leaf=is_group
+        )
     )
 
 
@@ -279,6 +344,15 @@ def groups_with_paths(model: PyTree) -> list[tuple[tuple, AbstractGroup]]:
     """Every wrapper in `model`, with its key path, in flattening order."""
     flat, _ = jax.tree_util.tree_flatten_with_path(model, is_leaf=is_group)
     return [(path, leaf) for path, leaf in flat if is_group(leaf)]
+
+
+def _wrappers_with_paths(model: PyTree) -> list[tuple[tuple, Any]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(model, is_leaf=is_wrapper)
+    return [(path, leaf) for path, leaf in flat if is_wrapper(leaf)]
+
+
+def _marked_value(x: Any) -> PyTree:
+    return x.marked_value() if _is_masked(x) else x.value
 
 
 def _get(tree: Any, path: tuple) -> Any:
@@ -317,21 +391,79 @@ _WHERE_FAILED = (
 )
 
 
+_MASK_STRUCTURE = (
+    "`eb.{fn}(..., mask=...)` for group '{name}': the mask must be a pytree of "
+    "`True`/`False` with the structure of the `where`-selected sub-tree (or a prefix "
+    "of it, e.g. `True` for a whole layer), such as "
+    "`eqx.tree_at(lambda m: m.layers[-1], jax.tree.map(lambda _: False, model), "
+    "replace=jax.tree.map(lambda _: True, model.layers[-1]))`. {detail}"
+)
+_MASK_EMPTY = (
+    "`eb.{fn}(..., mask=...)` for group '{name}': the mask selects no floating-point "
+    "array leaf of the sub-tree, so there is nothing to infer. Set `True` at the "
+    "parameters the group should hold."
+)
+_MASK_OVERLAP = (
+    "`eb.{fn}(..., mask=...)` for group '{name}': the mask selects leaves that "
+    "already belong to group '{other}'. Masks on one sub-tree must be disjoint."
+)
+_MASK_NESTED = (
+    "`eb.{fn}(..., where=...)` for group '{name}': the selected sub-tree overlaps the "
+    "masked group(s) {others} marked on a different sub-tree. Masked groups that "
+    "share parameters' sub-tree must use the same `where` with disjoint masks."
+)
+
+
+def _mask_flags(mask: Any, subtree: PyTree, fn: str, name: str) -> list[bool]:
+    """Per leaf of `subtree` (flattening order): selected by `mask` and a
+    floating-point array."""
+    for leaf in jax.tree.leaves(mask):
+        if isinstance(leaf, (bool, np.bool_)):
+            continue
+        if eqx.is_array(leaf) and leaf.dtype == bool:
+            detail = (
+                f"Got a boolean array of shape {leaf.shape}: masks select whole "
+                "leaves. To sample part of a parameter, make that part its own "
+                "leaf (e.g. a low-rank adapter) and select it."
+            )
+        else:
+            detail = f"Got a leaf of type `{type(leaf).__name__}`."
+        raise TypeError(_MASK_STRUCTURE.format(fn=fn, name=name, detail=detail))
+    marker = _Placeholder()
+    try:
+        kept = eqx.filter(subtree, mask, replace=marker)
+    except Exception as err:  # noqa: BLE001 - re-raised with a clear message
+        detail = f"Matching it against the sub-tree failed with: {err}"
+        raise ValueError(
+            _MASK_STRUCTURE.format(fn=fn, name=name, detail=detail)
+        ) from err
+    flat = jax.tree.leaves(kept, is_leaf=lambda x: x is marker)
+    return [x is not marker and eqx.is_inexact_array(x) for x in flat]
+
+
+def _claimed(value: PyTree) -> list[bool]:
+    """Per leaf of a member's value: whether the member holds it (not None)."""
+    flat = jax.tree.leaves(value, is_leaf=lambda x: x is None)
+    return [x is not None for x in flat]
+
+
 def mark(
     model: PyTree,
     where: Callable[[PyTree], Any] | None,
     make: Callable[[PyTree, str], AbstractGroup],
     name: str | None,
     fn: str,
+    mask: Any = None,
 ) -> PyTree:
     """Wraps the sub-tree selected by `where` (on the plain model) with `make`.
 
-    Existing wrappers are looked through: they are unwrapped, the new group is
-    placed, and they are put back at their paths.
+    With `mask`, only the selected leaves form the group; it joins (or starts) the
+    `MaskedGroup` of that sub-tree. Existing wrappers are looked through: they are
+    unwrapped, the new group is placed, and they are put back at their paths.
     """
-    existing = groups_with_paths(model)
+    existing = _wrappers_with_paths(model)
     plain = jax.tree.map(
-        lambda x: x.value if is_group(x) else x, model, is_leaf=is_group
+        lambda x: _marked_value(x) if is_wrapper(x) else x, model, is_leaf=is_wrapper
     )
     placeholder = _Placeholder()
     if where is None:
@@ -351,27 +483,64 @@ def mark(
     if len(found) != 1:
         raise ValueError(_WHERE_MANY.format(fn=fn, n=len(found)))
     path = found[0][0]
+    subtree = _get(plain, path) if path else plain
+    host = None
+    if mask is not None:
+        hosts = [w for p, w in existing if p == path and _is_masked(w)]
+        host = hosts[0] if hosts else None
     if name is None:
         name = path_str(path) or type(plain).__name__
-    subtree = _get(plain, path) if path else plain
-    if not jax.tree.leaves(eqx.filter(subtree, eqx.is_inexact_array)):
-        raise ValueError(_WHERE_EMPTY.format(fn=fn, name=name))
+        if mask is not None:
+            name = f"{name}/mask{0 if host is None else len(host.groups)}"
+    flags = None
+    if mask is None:
+        if not jax.tree.leaves(eqx.filter(subtree, eqx.is_inexact_array)):
+            raise ValueError(_WHERE_EMPTY.format(fn=fn, name=name))
+    else:
+        flags = _mask_flags(mask, subtree, fn, name)
+        if not any(flags):
+            raise ValueError(_MASK_EMPTY.format(fn=fn, name=name))
+    for _, other in existing:
+        for group in other.groups if _is_masked(other) else (other,):
+            if group.name == name:
+                raise ValueError(
+                    f"`eb.{fn}(..., name={name!r})`: a group named '{name}' already "
+                    "exists in this model. Give each group its own `name=`."
+                )
     for other_path, other in existing:
+        if other is host:
+            continue
         n = min(len(path), len(other_path))
         if path[:n] == other_path[:n]:
+            if _is_masked(other):
+                others = ", ".join(f"'{g.name}'" for g in other.groups)
+                raise ValueError(_MASK_NESTED.format(fn=fn, name=name, others=others))
             raise ValueError(_OVERLAP.format(fn=fn, name=name, other=other.name))
-        if other.name == name:
-            raise ValueError(
-                f"`eb.{fn}(..., name={name!r})`: a group named '{name}' already exists "
-                "in this model. Give each group its own `name=`."
-            )
-    group = make(subtree, name)
-    if not path:
-        out = group
+    if flags is None:
+        node = make(subtree, name)
     else:
-        out = eqx.tree_at(lambda m: _get(m, path), plain, replace=group)
+        members = () if host is None else host.groups
+        for member in members:
+            if any(a and b for a, b in zip(flags, _claimed(member.value))):
+                raise ValueError(
+                    _MASK_OVERLAP.format(fn=fn, name=name, other=member.name)
+                )
+        leaves, treedef = jax.tree.flatten(subtree)
+        value = jax.tree.unflatten(
+            treedef, [x if f else None for x, f in zip(leaves, flags)]
+        )
+        members = (*members, make(value, name))
+        claimed = [any(c) for c in zip(*(_claimed(m.value) for m in members))]
+        rest = jax.tree.unflatten(
+            treedef, [None if c else x for x, c in zip(leaves, claimed)]
+        )
+        node = MaskedGroup(rest, members)
+    out = (
+        node if not path else eqx.tree_at(lambda m: _get(m, path), plain, replace=node)
+    )
     for other_path, other in existing:
-        out = eqx.tree_at(lambda m: _get(m, other_path), out, replace=other)
+        if other is not host:
+            out = eqx.tree_at(lambda m: _get(m, other_path), out, replace=other)
     return out
 
 
@@ -533,10 +702,6 @@ def bayesian(
     """
 
     def make(subtree: PyTree, group_name: str) -> BayesianLeaf:
-        if mask is not None:
-            raise NotImplementedError(
-                _NOT_YET.format(arg="mask", name=group_name, what="masked groups")
-            )
         if init is not None:
             raise NotImplementedError(
                 _NOT_YET.format(
@@ -544,7 +709,6 @@ def bayesian(
                 )
             )
         spec = kernel_spec(kernel, group_name)
-        assert spec.family == FULL_DATA
         w = _check_int(warmup, "warmup", group_name, 0, "Use `warmup=0` for none.")
         k = _check_int(keep, "keep", group_name, 1, "Keep at least one draw.")
         t = _check_int(thin, "thin", group_name, 1, "`thin=1` keeps every draw.")
@@ -578,8 +742,13 @@ def bayesian(
                 )
             step_size = float(step_size)
         adapts = bool(adapt) and spec.is_hmc_family and w > 0
-        if step_size is None and "step_size" in spec.parameters and not adapts:
-            if spec.is_hmc_family and not adapt:
+        if step_size is None and spec.takes_step_size and not adapts:
+            if spec.is_stochastic_gradient:
+                why = (
+                    "stochastic-gradient kernels take a step size at every step and "
+                    "are not adapted."
+                )
+            elif spec.is_hmc_family and not adapt:
                 why = "with `adapt=False` nothing tunes the step size."
             elif spec.is_hmc_family:
                 why = "with `warmup=0` there are no steps to adapt it in."
@@ -635,4 +804,4 @@ def bayesian(
             value=subtree, config=config, name=group_name, arrays=arrays
         )
 
-    return mark(model, where, make, name, "bayesian")
+    return mark(model, where, make, name, "bayesian", mask)
