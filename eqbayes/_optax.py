@@ -77,8 +77,11 @@ def update(
     else:
         first = jax.tree.map(lambda x: x[0], others)
         grads = jax.grad(loss_for(first))(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    # Standard promotion for the optimiser's own arithmetic (optax mixes Python
+    # floats with integer step counts), whatever the user's promotion setting.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
 
 class OptaxState(eqx.Module):
@@ -137,7 +140,8 @@ class OptaxGroup(AbstractGroup):
 
     def initialise(self, positions, logdensity_for, others, key):
         del logdensity_for, others, key
-        state = OptaxState(positions, self.optimizer.init(positions))
+        with jax.numpy_dtype_promotion("standard"):
+            state = OptaxState(positions, self.optimizer.init(positions))
         return eqx.tree_at(lambda g: g.state, self, state, is_leaf=lambda x: x is None)
 
     def transition(
@@ -179,11 +183,11 @@ class OptaxGroup(AbstractGroup):
 
 def optimise(
     model: PyTree,
-    optimizer: optax.GradientTransformation,
+    optimizer: Any,
     *,
     where: Callable[[PyTree], Any] | None = None,
-    mask: PyTree[bool] | None = None,
-    chains: Chains = "first",
+    mask: PyTree | None = None,
+    chains: str = "first",
     name: str | None = None,
 ) -> PyTree:
     """Marks a sub-tree of `model` to be trained to a point estimate by optax.

@@ -319,7 +319,8 @@ def _init_states(program: _Program, model, key, full, mini):
     opt_state = None
     if program.optimizer is not None:
         index = _rest_indices(leaves, gidx)
-        opt_state = program.optimizer.init([leaves[i] for i in index])
+        with jax.numpy_dtype_promotion("standard"):  # as in `_optax.update`
+            opt_state = program.optimizer.init([leaves[i] for i in index])
     return _strong((jax.tree.unflatten(treedef, new), opt_state))
 
 

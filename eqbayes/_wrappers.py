@@ -623,7 +623,7 @@ def bayesian(
     kernel: Callable[..., Any],
     *,
     where: Callable[[PyTree], Any] | None = None,
-    mask: PyTree[bool] | None = None,
+    mask: PyTree | None = None,
     prior: Callable[[ArrayTree], Any] | None = None,
     warmup: int = 500,
     keep: int = 1000,
@@ -655,14 +655,22 @@ def bayesian(
     **Arguments:**
 
     - `model`: any pytree, usually an `eqx.Module`; may already hold other groups.
-    - `kernel`: a full-data kernel factory: `blackjax.nuts`, `blackjax.hmc`,
-        `blackjax.mala`, or any factory
-        `(logdensity_fn, **kwargs) -> blackjax.SamplingAlgorithm`. The family is
-        read from the name of its first parameter.
+    - `kernel`: a blackjax kernel factory. Full-data kernels (`blackjax.nuts`,
+        `blackjax.hmc`, `blackjax.mala`, or any factory
+        `(logdensity_fn, **kwargs) -> blackjax.SamplingAlgorithm`) get the log
+        density above on all the data; stochastic-gradient kernels
+        (`blackjax.sgld`, `blackjax.sghmc`, `blackjax.sgnht`, or any factory whose
+        first parameter is `grad_estimator`) get its gradient on each step's
+        minibatch (see `batch_size=` in [`eqbayes.Solver.run`][]). The family is
+        read from the name of the factory's first parameter.
     - `where`: selects the sub-tree, like `eqx.tree_at`'s `where`
         (e.g. `lambda m: m.layers[-1]`); `None` means the whole model. It always
         sees the plain model, so groups can be added one call at a time.
-    - `mask`: reserved for masked groups (not available yet).
+    - `mask`: a pytree of bools over the selected sub-tree (or a prefix of it):
+        only `True` floating-point leaves form the group; the others stay as they
+        are (frozen, trained by `Solver(optimizer=...)`, or held by other masked
+        groups: several groups with disjoint masks may share one sub-tree). The
+        prior sees only the masked leaves, and only they are stored per draw.
     - `prior`: a callable `position -> log density`, seeing only this group's
         position; `None` means `eb.priors.gaussian(10.0)`.
     - `warmup`: solver steps spent warming up before any draw is kept. For
@@ -683,10 +691,12 @@ def bayesian(
     - `name`: the group's name in diagnostics and logs; defaults to the `where`
         path (`"layers[2]"`) or the model's class name.
     - `**kernel_kwargs`: forwarded to `kernel`, e.g. `step_size=1e-2`,
-        `num_integration_steps=16`, `inverse_mass_matrix=...`. `step_size` is
-        required except for HMC-family kernels with `adapt=True` and
-        `warmup > 0`, where it is the initial step size of the adaptation
-        (default 1.0). `inverse_mass_matrix` defaults to the identity.
+        `num_integration_steps=16`, `inverse_mass_matrix=...` (for
+        stochastic-gradient kernels, also the keywords of their `step`, such as
+        `temperature`). `step_size` is required except for HMC-family kernels
+        with `adapt=True` and `warmup > 0`, where it is the initial step size of
+        the adaptation (default 1.0). `inverse_mass_matrix` defaults to the
+        identity.
 
     **Returns:**
 

@@ -6,6 +6,7 @@ import blackjax
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
+import optax
 import pytest
 from problems import Coefficients, mse, sincos_data
 
@@ -273,3 +274,103 @@ def test_bad_steps_and_predict_batch_size():
     posterior = eb.Posterior(Coefficients(None, None), {}, MODEL)
     with pytest.raises(ValueError, match=re.escape("`batch_size` must be a positive")):
         posterior.predict(lambda m: m.a, batch_size=0)
+
+
+# -- masks, optax parts, minibatches, substeps -------------------------------------
+
+
+def test_bad_masks():
+    with pytest.raises(TypeError, match=re.escape("masks select whole leaves")):
+        eb.bayesian(MODEL, blackjax.nuts, mask=Coefficients(jnp.array(True), False))
+    with pytest.raises(TypeError, match=re.escape("a leaf of type `str`")):
+        eb.bayesian(MODEL, blackjax.nuts, mask=Coefficients("yes", False))
+    with pytest.raises(ValueError, match=re.escape("Matching it against the sub-tree")):
+        eb.bayesian(MODEL, blackjax.nuts, mask=(True, False, True))
+    with pytest.raises(ValueError, match=re.escape("the mask selects no floating")):
+        eb.bayesian(MODEL, blackjax.nuts, mask=Coefficients(False, False))
+    model = eb.bayesian(MODEL, blackjax.nuts, mask=Coefficients(True, False))
+    with pytest.raises(
+        ValueError, match=re.escape("already belong to group 'Coefficients/mask0'")
+    ):
+        eb.bayesian(model, blackjax.nuts, mask=Coefficients(True, True))
+    with pytest.raises(ValueError, match=re.escape("must use the same `where`")):
+        eb.bayesian(model, blackjax.nuts, where=lambda m: m.b)
+    with pytest.raises(ValueError, match=re.escape("already exists")):
+        eb.bayesian(
+            model,
+            blackjax.nuts,
+            mask=Coefficients(False, True),
+            name="Coefficients/mask0",
+        )
+
+
+def test_bad_optax_parts():
+    with pytest.raises(TypeError, match=re.escape("optax `GradientTransformation`")):
+        eb.optimise(MODEL, "adam")
+    with pytest.raises(ValueError, match=re.escape("must be 'first'")):
+        eb.optimise(MODEL, optax.adam(1e-3), chains="all")
+    with pytest.raises(ValueError, match=re.escape("`optimizer_chains` must be")):
+        eb.Solver(mse, optimizer=optax.adam(1e-3), optimizer_chains="last")
+    marked = eb.bayesian(MODEL, blackjax.nuts)
+    with pytest.raises(ValueError, match=re.escape("the optimiser has nothing")):
+        eb.Solver(mse, optimizer=optax.adam(1e-3)).init(
+            marked, key=jr.key(0), args=DATA
+        )
+    with pytest.raises(ValueError, match=re.escape("no group samples a chain")):
+        eb.Solver(mse, optimizer=optax.adam(1e-3), progress=False).run(
+            MODEL, key=jr.key(0), args=DATA
+        )
+    with pytest.raises(ValueError, match=re.escape("overlaps the group 'a'")):
+        eb.optimise(
+            eb.bayesian(MODEL, blackjax.nuts, where=lambda m: m.a),
+            optax.adam(1e-3),
+        )
+
+
+def data_mse(model, batch):
+    f1, f2, y = batch
+    return jnp.mean((model(f1, f2) - y) ** 2)
+
+
+def test_bad_data_and_batch_size():
+    sgld = eb.bayesian(MODEL, blackjax.sgld, step_size=1e-5)
+    solver = eb.Solver(data_mse, progress=False)
+    with pytest.raises(ValueError, match=re.escape("minibatches are drawn from")):
+        solver.init(sgld, key=jr.key(0), batch_size=8)
+    with pytest.raises(ValueError, match=re.escape("between 1 and the number")):
+        solver.init(sgld, key=jr.key(0), data=DATA, batch_size=500)
+    with pytest.raises(ValueError, match=re.escape("the same leading axis")):
+        solver.init(sgld, key=jr.key(0), data=(DATA[0], DATA[1][:5], DATA[2]))
+    with pytest.raises(ValueError, match=re.escape("no part of this model uses")):
+        solver.init(
+            eb.bayesian(MODEL, blackjax.nuts), key=jr.key(0), data=DATA, batch_size=8
+        )
+    state = solver.init(sgld, key=jr.key(0), data=DATA, batch_size=8)
+    with pytest.raises(ValueError, match=re.escape("pass the same `data=`")):
+        solver.step(state)
+
+
+def test_bad_substeps():
+    model = eb.optimise(MODEL, optax.adam(1e-3), where=lambda m: m.b, name="b")
+    nuts = eb.bayesian(model, blackjax.nuts, where=lambda m: m.a, name="a")
+    fixed = eb.bayesian(
+        model, blackjax.nuts, where=lambda m: m.a, name="a", adapt=False, step_size=0.1
+    )
+
+    def init(substeps, marked=fixed, **kwargs):
+        solver = eb.Solver(mse, substeps=substeps, progress=False, **kwargs)
+        return solver.init(marked, key=jr.key(0), args=DATA)
+
+    with pytest.raises(TypeError, match=re.escape("must be an `eb.Substep(loss")):
+        init([(mse, "a")])
+    with pytest.raises(ValueError, match=re.escape("names group 'c'")):
+        init([eb.Substep(mse, "c"), eb.Substep(mse, ("a", "b"))])
+    with pytest.raises(ValueError, match=re.escape("is in substeps 0 and 1")):
+        init([eb.Substep(mse, ("a", "b")), eb.Substep(mse, "a")])
+    with pytest.raises(ValueError, match=re.escape("the groups ['b'] are in no")):
+        init([eb.Substep(mse, "a")])
+    with pytest.raises(ValueError, match=re.escape("Pass `adapt=False`")):
+        init([eb.Substep(mse, "b"), eb.Substep(mse, "a")], marked=nuts)
+    with pytest.raises(ValueError, match=re.escape("instead of `Solver(optimizer")):
+        eb.Solver(mse, optimizer=optax.adam(1e-3), substeps=[eb.Substep(mse, "a")])
+    init([eb.Substep(mse, "b"), eb.Substep(mse, "a")])

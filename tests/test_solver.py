@@ -80,7 +80,7 @@ def test_fast_path_is_logged(caplog):
         solver.run(_marked(), key=jr.key(0), args=DATA)
         solver.run(_marked(), steps=60, key=jr.key(0), args=DATA)
     text = caplog.text
-    assert "MCMC fast path" in text
+    assert "Fast path" in text
     assert "General path" in text
     assert "Group 'Coefficients': Bayesian sampling with 'nuts'" in text
     assert "diagnostics: is_divergent, acceptance_rate, energy" in text
