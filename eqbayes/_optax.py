@@ -225,6 +225,6 @@ def optimise(
     check_chains(chains, "eb.optimise(..., chains=...)", "chains")
 
     def make(subtree: PyTree, group_name: str) -> OptaxGroup:
-        return OptaxGroup(subtree, optimizer, chains, group_name)
+        return OptaxGroup(subtree, optimizer, chains, group_name)  # pyright: ignore
 
     return mark(model, where, make, name, "optimise", mask)

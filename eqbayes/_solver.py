@@ -218,7 +218,7 @@ def _next_batch(state: "SolverState", data):
     def reshuffle(_):
         stream = jr.fold_in(state.key, jnp.uint32(_DATA_STREAM))
         key = jr.fold_in(stream, state.step // per_epoch)
-        return jr.permutation(key, n).astype(state.data_order.dtype)
+        return jr.permutation(key, n).astype(jnp.int32)
 
     order = jax.lax.cond(i == 0, reshuffle, lambda _: state.data_order, None)
     index = jax.lax.dynamic_slice_in_dim(order, i * state.batch_size, state.batch_size)
@@ -837,20 +837,20 @@ class Solver(eqx.Module):
 
 
 def _check_data(data, batch_size, groups, optimizer: bool):
-    """Validates `data=` / `batch_size=`; returns a first minibatch (or None)."""
-    if data is not None:
-        leaves = jax.tree.leaves(data)
-        if not leaves or not all(eqx.is_array_like(x) for x in leaves):
-            raise TypeError(_DATA_TYPE)
-        sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
-        if len(sizes) != 1 or None in sizes:
-            raise ValueError(_DATA_SIZES.format(sizes=sorted(map(str, sizes))))
+    """Validates `data=` / `batch_size=`; returns a first minibatch (or None).
+    Without `batch_size`, `data` is passed to the loss as it is."""
     if batch_size is None:
         return None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise TypeError(_BATCH_SIZE.format(value=batch_size, n="N"))
     if data is None:
         raise ValueError(_BATCH_WITHOUT_DATA)
+    leaves = jax.tree.leaves(data)
+    if not leaves or not all(eqx.is_array_like(x) for x in leaves):
+        raise TypeError(_DATA_TYPE)
+    sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(_DATA_SIZES.format(sizes=sorted(map(str, sizes))))
     n = _num_data(data)
     if not 1 <= batch_size <= n:
         raise ValueError(_BATCH_SIZE.format(value=batch_size, n=n))
@@ -913,12 +913,13 @@ _STEP_NEEDS_DATA = (
     "own to `step`)."
 )
 _DATA_TYPE = (
-    "`Solver.init(..., data=...)`: `data` must be a pytree of arrays with a common "
-    "leading axis (the data points)."
+    "`Solver.init(..., data=..., batch_size=...)`: to draw minibatches, `data` must "
+    "be a pytree of arrays with a common leading axis (the data points)."
 )
 _DATA_SIZES = (
-    "`Solver.init(..., data=...)`: every leaf of `data` needs the same leading axis "
-    "(one row per data point); got leading sizes {sizes}."
+    "`Solver.init(..., data=..., batch_size=...)`: to draw minibatches, every leaf of "
+    "`data` needs the same leading axis (one row per data point); got leading sizes "
+    "{sizes}."
 )
 _BATCH_SIZE = (
     "`Solver.init(..., batch_size={value!r})`: `batch_size` must be an integer "

@@ -340,7 +340,9 @@ def test_bad_data_and_batch_size():
     with pytest.raises(ValueError, match=re.escape("between 1 and the number")):
         solver.init(sgld, key=jr.key(0), data=DATA, batch_size=500)
     with pytest.raises(ValueError, match=re.escape("the same leading axis")):
-        solver.init(sgld, key=jr.key(0), data=(DATA[0], DATA[1][:5], DATA[2]))
+        solver.init(
+            sgld, key=jr.key(0), data=(DATA[0], DATA[1][:5], DATA[2]), batch_size=4
+        )
     with pytest.raises(ValueError, match=re.escape("no part of this model uses")):
         solver.init(
             eb.bayesian(MODEL, blackjax.nuts), key=jr.key(0), data=DATA, batch_size=8

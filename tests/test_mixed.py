@@ -381,3 +381,27 @@ def test_substeps_two_stage_inference():
     assert abs(float(jnp.mean(a)) - conditional) < 4 * _mcse(a) + 0.1 / np.sqrt(
         precision
     )
+
+
+def test_a_masked_prior_sees_only_the_masked_leaves():
+    net = _mlp(jr.key(0))
+    seen = []
+
+    def prior(position):
+        leaves = jax.tree.leaves(position)
+        seen.append([x.shape for x in leaves])
+        return -0.5 * sum(jnp.sum(x**2) for x in leaves)
+
+    model = eb.bayesian(
+        net,
+        blackjax.sgld,
+        mask=_head_mask(net),
+        prior=prior,
+        step_size=1e-5,
+        warmup=2,
+        keep=2,
+    )
+    eb.Solver(mlp_loss, progress=False).run(
+        model, key=jr.key(0), data=_regression(), batch_size=16
+    )
+    assert seen and all(shapes == [(1, 16), (1,)] for shapes in seen)
