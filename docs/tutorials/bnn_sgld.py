@@ -192,7 +192,10 @@ plt.show()
 # Inside the data the curve is pinned down to about $\pm 0.1$ to $0.2$ and the band
 # for new data is dominated by the noise. Outside $[-3, 3]$ nothing constrains the
 # network and the curve's band opens up, as it should: a single trained network
-# would extrapolate with the same confidence everywhere.
+# would extrapolate with the same confidence everywhere. It does not open far enough
+# to hold the true $f$ out there: the posterior of a small `tanh` network under this
+# prior extrapolates smoothly, and nothing in the data says that $f$ keeps
+# steepening.
 #
 # ## Does the band hold what it promises?
 #
