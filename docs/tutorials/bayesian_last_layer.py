@@ -231,10 +231,12 @@ plt.show()
 
 # %% [markdown]
 # The band for new data holds about what it promises on held-out points. The curve's
-# own band is narrow: only the head is uncertain, and the body's features, fixed at
-# their trained values, decide how that uncertainty extrapolates. That is the price
-# of a Bayesian last layer: uncertainty about the features themselves is not
-# represented.
+# own band is narrow, and outside $[-3, 3]$ it stays narrow while the true $f$ leaves
+# it: only the head is uncertain, and the body's features, fixed at their trained
+# values (saturated `tanh` units, flat beyond the data), decide how that uncertainty
+# extrapolates. That is the price of a Bayesian last layer: uncertainty about the
+# features themselves is not represented. Compare the full-network band of the
+# [SGLD tutorial](../bnn_sgld/).
 #
 # ## Checking the head against the exact answer
 #
