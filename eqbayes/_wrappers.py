@@ -228,8 +228,11 @@ class BayesianLeaf(AbstractGroup):
 
     def describe(self) -> str:
         config = self.config
-        assert self.state is not None
-        fields = [k for k, v in vars(self.state.diagnostics).items() if v is not None]
+        if self.state is None:  # the info's fields are known once the state is built
+            fields = None
+        else:
+            diagnostics = vars(self.state.diagnostics)
+            fields = [k for k, v in diagnostics.items() if v is not None]
         if config.adapts:
             warm = f"warmup {config.warmup} (window adaptation)"
         elif config.adapt and config.warmup > 0 and not config.kernel.is_hmc_family:
@@ -241,6 +244,8 @@ class BayesianLeaf(AbstractGroup):
             warm = f"warmup {config.warmup} (discarded)"
         if config.kernel.is_stochastic_gradient:
             recorded = "none (stochastic-gradient kernels report no info)"
+        elif fields is None:
+            recorded = "known after `Solver.init`"
         elif fields:
             recorded = ", ".join(fields)
         else:

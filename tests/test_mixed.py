@@ -405,3 +405,10 @@ def test_a_masked_prior_sees_only_the_masked_leaves():
         model, key=jr.key(0), data=_regression(), batch_size=16
     )
     assert seen and all(shapes == [(1, 16), (1,)] for shapes in seen)
+
+
+def test_describe_before_init():
+    marked = eb.bayesian(MODEL, blackjax.nuts, where=lambda m: m.a)
+    assert "known after `Solver.init`" in marked.a.describe()
+    sgld = eb.bayesian(MODEL, blackjax.sgld, step_size=1e-5)
+    assert "stochastic-gradient kernels report no info" in sgld.describe()
