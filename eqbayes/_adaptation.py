@@ -24,6 +24,7 @@ from blackjax.adaptation.step_size import dual_averaging_adaptation
 from jaxtyping import Array, Float, Int
 
 from ._custom_types import ArrayTree
+from ._sharding import gathered
 
 
 TARGET_ACCEPTANCE_RATE = 0.8
@@ -97,6 +98,8 @@ def window_update(
     (_, mm_update, mm_final), (da_init, da_update, da_final) = _blocks(
         state.is_diagonal
     )
+    # With sharded chains: reduce them on every device in one device's order.
+    positions, acceptance_rate = gathered((positions, acceptance_rate))
     stage, window_end = state.schedule[step, 0], state.schedule[step, 1]
     ss_state = da_update(state.ss_state, jnp.mean(acceptance_rate))
 

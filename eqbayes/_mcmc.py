@@ -14,6 +14,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from ._adaptation import window_init, window_update, WindowAdaptationState
 from ._custom_types import ArrayTree
 from ._kernels import info_fields, KernelSpec, position_of
+from ._sharding import chains_axis, over_devices
 
 
 # `(position) -> log density` for one chain, given the other groups' positions.
@@ -160,7 +161,10 @@ def initial_positions(
 
 def over_chains(fn: Callable, *batched: Any) -> Any:
     """`jax.vmap(fn)` over the leading chain axis, or a plain call when there is one
-    chain: a vmap of size one still costs NUTS's dynamic loops noticeably."""
+    chain: a vmap of size one still costs NUTS's dynamic loops noticeably. In a
+    solve placed on a mesh, each device vmaps its own chains."""
+    if chains_axis():
+        return over_devices(fn, *batched)
     size = jax.tree.leaves(batched)[0].shape[0]
     if size > 1:
         return jax.vmap(fn)(*batched)

@@ -5,6 +5,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._mcmc import KernelDiagnostics
@@ -45,17 +46,19 @@ class History(eqx.Module):
 
 @eqx.filter_jit
 def _predict_chain(fn, samples, model, args, batch_size):
-    leaves = jax.tree.leaves(samples)
-    num_chains, num_draws = leaves[0].shape[:2]
-    flat = jax.tree.map(
-        lambda x: x.reshape(num_chains * num_draws, *x.shape[2:]), samples
-    )
+    num_chains = jax.tree.leaves(samples)[0].shape[0]
 
     def one(draw):
         return fn(eqx.combine(draw, model), *args)
 
-    out = jax.lax.map(one, flat, batch_size=min(batch_size, num_chains * num_draws))
-    return jax.tree.map(lambda x: x.reshape(num_chains, num_draws, *x.shape[1:]), out)
+    # Draw index by draw index, every chain at once: the chain axis stays in place
+    # (sharded over devices when the solve was), about `batch_size` evaluations at
+    # a time.
+    by_draw = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), samples)
+    out = jax.lax.map(
+        jax.vmap(one), by_draw, batch_size=max(1, batch_size // num_chains)
+    )
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
 
 class Posterior(eqx.Module):
@@ -91,9 +94,11 @@ class Posterior(eqx.Module):
 
         The nonlinear pushforward: for a neural network, the mean of the
         predictions is not the prediction at the mean weights, so every
-        (chain, draw) is evaluated. Draws are evaluated `batch_size` at a time
-        (`jax.lax.map`), so large outputs do not hold the whole chain in memory at
-        once.
+        (chain, draw) is evaluated. Draws are evaluated about `batch_size` at a
+        time (`jax.lax.map` over the draws, every chain at once), so large outputs
+        do not hold the whole chain in memory at once. On sharded samples (a solve
+        with `mesh=`) each device evaluates its own chains and the output stays
+        sharded over chains: nothing is gathered to the host.
 
         **Arguments:**
 
@@ -102,7 +107,8 @@ class Posterior(eqx.Module):
         - `samples`: `"auto"` (the chain if the model has sampled groups, else the
             point), `"chain"` (the chain; an error when there is none) or `"point"`
             (the model's current values, one evaluation).
-        - `batch_size`: draws evaluated at once (default 64).
+        - `batch_size`: draws evaluated at once (default 64; at least one per
+            chain).
 
         **Returns:**
 

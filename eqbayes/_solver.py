@@ -13,9 +13,10 @@ import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
-from . import _optax
+from . import _optax, _sharding
 from ._custom_types import ArrayTree
 from ._mcmc import KernelDiagnostics, over_chains
 from ._posterior import History, Posterior, Result
@@ -516,6 +517,7 @@ class Solver(eqx.Module):
         args: Sequence[Any] = (),
         data: PyTree | None = None,
         batch_size: int | None = None,
+        mesh: Mesh | None = None,
     ) -> SolverState:
         """Checks the configuration and builds the initial state.
 
@@ -533,10 +535,14 @@ class Solver(eqx.Module):
             parts then see `batch_size` rows of `data` per step (reshuffled every
             epoch, drawn inside the compiled step); full-data kernels still see all
             of it.
+        - `mesh`: a `jax.sharding.Mesh` with axes `"chains"` and/or `"data"` to
+            place the solve on (see [Scaling out](../scaling.md)): each group's
+            chains are sharded over `"chains"`, the `data=` pytree along its
+            leading axis over `"data"`. `None`: one device.
 
         **Returns:**
 
-        A [`eqbayes.SolverState`][] at step 0.
+        A [`eqbayes.SolverState`][] at step 0 (placed on `mesh` when given).
         """
         key = _as_key(key, "init")
         groups = _groups(model)
@@ -548,6 +554,8 @@ class Solver(eqx.Module):
         if len(set(chains.values())) > 1:
             detail = ", ".join(f"'{n}' has num_chains={k}" for n, k in chains.items())
             raise ValueError(_CHAINS.format(detail=detail))
+        if mesh is not None:
+            _sharding.check_mesh(mesh, "init", chains, data)
         leaves, _, gidx = _flatten(model)
         if self.optimizer is not None and not _rest_indices(leaves, gidx):
             raise ValueError(_NOTHING_TO_OPTIMISE)
@@ -557,7 +565,12 @@ class Solver(eqx.Module):
         for loss in (self.loss, *(sub.loss for sub in self.substeps)):
             self._check_loss(loss, model, full)
         init_key, run_key = jr.split(key)
-        model, opt_state = _init_states(self._program, model, init_key, full, mini)
+        if mesh is not None:
+            args, data = _placed(args, data, mesh)
+            first = None if first is None else _sharding.place(first, mesh)
+            full, mini = _loss_args(args, data, first)
+        with _sharding.using(mesh):
+            model, opt_state = _init_states(self._program, model, init_key, full, mini)
         data_order = None
         if batch_size is not None:
             data_order = jnp.zeros(_num_data(data), jnp.int32)
@@ -565,7 +578,7 @@ class Solver(eqx.Module):
             model, jnp.asarray(0, jnp.int32), run_key, opt_state, data_order, batch_size
         )
         self._log_init(state, data, batch_size)
-        return state
+        return state if mesh is None else _place_state(state, mesh)
 
     def _check_substeps(self, groups):
         if not self.substeps:
@@ -679,7 +692,12 @@ class Solver(eqx.Module):
             raise ValueError(_STEP_NEEDS_DATA)
         if batch is not None and data is None:
             data = batch
-        return _step(self._program, state, tuple(args), data, batch)
+        mesh = _sharding.mesh_of(state.step)  # a placed state stays where it is
+        if mesh is not None:
+            args, data = _placed(args, data, mesh)
+            batch = None if batch is None else _sharding.place(batch, mesh)
+        with _sharding.using(mesh):
+            return _step(self._program, state, tuple(args), data, batch)
 
     def result(self, state: SolverState, history: History | None = None) -> Result:
         """Collects the posterior and the plain model from a state.
@@ -724,6 +742,7 @@ class Solver(eqx.Module):
         data: PyTree | None = None,
         batch_size: int | None = None,
         state: SolverState | None = None,
+        mesh: Mesh | None = None,
     ) -> Result:
         """Runs a whole solve in compiled chunks and returns its result.
 
@@ -741,6 +760,10 @@ class Solver(eqx.Module):
         - `state`: continue from this state (e.g. a saved one) instead of
             initialising; `steps` then counts the further steps (default: to the
             end of the longest group's schedule).
+        - `mesh`: a `jax.sharding.Mesh` with axes `"chains"` and/or `"data"`: the
+            solve runs sharded over it (see [`eqbayes.Solver.init`][] and
+            [Scaling out](../scaling.md)); with `state=`, the state is moved onto
+            it. `None`: one device, or the mesh `state` is already placed on.
 
         **Returns:**
 
@@ -775,11 +798,18 @@ class Solver(eqx.Module):
                 )
         if state is None:
             state = self.init(
-                model, key=key, args=args, data=data, batch_size=batch_size
+                model, key=key, args=args, data=data, batch_size=batch_size, mesh=mesh
             )
         elif state.batch_size is not None and data is None:
             raise ValueError(_STEP_NEEDS_DATA)
+        elif mesh is not None:  # move the state onto the mesh
+            chains = {g.name: g.num_chains for g in groups if g.chained}
+            _sharding.check_mesh(mesh, "run", chains, data)
+            state = _place_state(state, mesh)
         args = tuple(args)
+        mesh = _sharding.mesh_of(state.step)
+        if mesh is not None:
+            args, data = _placed(args, data, mesh)
         program = self._program
         bar = _progress_bar(self.progress, steps)
         if self.print_every is not None:
@@ -790,7 +820,7 @@ class Solver(eqx.Module):
             chunk = steps
         fast = len(schedules) == 1 and done == 0 and steps == needed
         losses = []
-        with _logging_around(bar):
+        with _logging_around(bar), _sharding.using(mesh):
             if fast:
                 ((warmup, keep, thin),) = schedules
                 logger.info(
@@ -834,6 +864,22 @@ class Solver(eqx.Module):
             for name, diagnostics in result.posterior.diagnostics.items():
                 logger.info(_summarise(name, diagnostics))
         return result
+
+
+def _placed(args, data, mesh: Mesh):
+    """The loss's arguments on `mesh`: `args` replicated, `data` along its leading
+    axis over `"data"` (replicated without that axis)."""
+    data = None if data is None else _sharding.place_data(data, mesh)
+    return _sharding.place(tuple(args), mesh), data
+
+
+def _place_state(state: SolverState, mesh: Mesh) -> SolverState:
+    """A state on `mesh`: MCMC chains over `"chains"`, everything else replicated."""
+    step, key, opt_state, order = _sharding.place(
+        (state.step, state.key, state.opt_state, state.data_order), mesh
+    )
+    model = _sharding.place_model(state.model, mesh)
+    return SolverState(model, step, key, opt_state, order, state.batch_size)
 
 
 def _check_data(data, batch_size, groups, optimizer: bool):

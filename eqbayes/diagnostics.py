@@ -30,6 +30,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtri
+from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import Shaped
 
 from ._custom_types import Array, ArrayLike, Float
@@ -59,6 +60,19 @@ _MULTICHAIN_MSG = (
 )
 
 
+def _gathered(x: Array) -> Array:
+    """Chains sharded over devices (a solve with `mesh=`), gathered onto every
+    device of their mesh (not to the host). The statistics mix all chains (ranks,
+    FFTs along the draws), and XLA's CPU FFT rejects the layout of a partitioned
+    one; the chains of one parameter are small next to the solve."""
+    if isinstance(x, jax.core.Tracer):
+        return x
+    sharding = x.sharding
+    if isinstance(sharding, NamedSharding) and not sharding.is_fully_replicated:
+        return jax.device_put(x, NamedSharding(sharding.mesh, PartitionSpec()))
+    return x
+
+
 #
 # Helpers. Past `_vectorise`, they operate on one parameter component: an array of
 # shape (chain, draw).
@@ -66,7 +80,7 @@ _MULTICHAIN_MSG = (
 
 
 def _as_float(chain: ArrayLike, name: str) -> Array:
-    x = jnp.asarray(chain)
+    x = _gathered(jnp.asarray(chain))
     if x.ndim < 2:
         raise ValueError(_NDIM_MSG.format(name=name, shape=x.shape))
     if not jnp.issubdtype(x.dtype, jnp.floating):

@@ -1,0 +1,185 @@
+"""Placing a solve on a device mesh: chains over `"chains"`, data over `"data"`.
+
+eqbayes runs sharded solves on JAX's own SPMD machinery. The state is placed once
+with `NamedSharding`s (the chain axis of every kernel state, sample buffer and
+diagnostics buffer over the mesh's `"chains"` axis, everything else replicated; the
+`data=` pytree along its leading axis over `"data"`), and the compiled step follows
+its inputs: XLA partitions the vmapped chains and inserts the reductions of a
+data-parallel loss. The only cross-chain computation, the shared window adaptation,
+first gathers the chains' acceptance rates and positions (`gathered`), so that every
+device reduces them in the order one device would. Each device vmaps its own block
+of chains (`over_devices`), so a sharded solve gives bitwise the chains of the
+unsharded one whenever every device holds at least two chains (with exactly one,
+XLA compiles the chain's program without its batch axis and may sum a gradient in
+another order: the chains then agree to rounding, then drift apart).
+"""
+
+import contextlib
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+CHAINS = "chains"
+DATA = "data"
+
+_MESH_TYPE = (
+    "`Solver.{fn}(..., mesh=...)`: `mesh` must be a `jax.sharding.Mesh`, e.g. "
+    "`jax.sharding.Mesh(jax.devices(), ('chains',))`; got an object of type "
+    "`{type}`."
+)
+_MESH_AXES = (
+    "`Solver.{fn}(..., mesh=...)`: the mesh's axes must be named 'chains' and/or "
+    "'data'; got {names}. Build it as e.g. `jax.sharding.Mesh(devices.reshape(4, 2), "
+    "('chains', 'data'))`."
+)
+_CHAINS_DIVIDE = (
+    "`Solver.{fn}(..., mesh=...)`: group '{name}' runs num_chains={k}, which the "
+    "mesh's 'chains' axis of size {size} does not divide. Use a multiple of {size} "
+    "chains (e.g. `num_chains={fix}`), or a mesh whose 'chains' axis divides {k}."
+)
+_NO_DATA = (
+    "`Solver.{fn}(..., mesh=...)`: the mesh has a 'data' axis of size {size}, which "
+    "shards the `data=` pytree along its leading axis, but no `data=` was given. "
+    "Pass the per-datum arrays as `data=` (the loss is then `loss(model, data, "
+    "*args)`), or use a mesh without a 'data' axis."
+)
+_DATA_DIVIDE = (
+    "`Solver.{fn}(..., data=...)`: the data leaf at `data{path}` has shape "
+    "{shape}; the mesh's 'data' axis of size {size} shards every data leaf along "
+    "its leading axis, which must be a multiple of {size}. Drop or pad data points "
+    "to a multiple of {size}, or use a smaller 'data' axis."
+)
+
+
+def check_mesh(mesh: Any, fn: str, num_chains: dict[str, int], data: Any) -> None:
+    """Raises a clear error, before anything is compiled, if the solve cannot be
+    placed on `mesh`. `num_chains` maps the chained groups' names to their K."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(_MESH_TYPE.format(fn=fn, type=type(mesh).__name__))
+    names = tuple(mesh.axis_names)
+    if not names or not set(names) <= {CHAINS, DATA}:
+        raise ValueError(_MESH_AXES.format(fn=fn, names=names))
+    size = mesh.shape.get(CHAINS, 1)
+    for name, k in num_chains.items():
+        if k % size:
+            fix = size * -(-k // size)
+            raise ValueError(
+                _CHAINS_DIVIDE.format(fn=fn, name=name, k=k, size=size, fix=fix)
+            )
+    size = mesh.shape.get(DATA, 1)
+    if DATA in names and data is None:
+        raise ValueError(_NO_DATA.format(fn=fn, size=size))
+    if data is not None:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
+            shape = jnp.shape(leaf)
+            if not shape or shape[0] % size:
+                raise ValueError(
+                    _DATA_DIVIDE.format(
+                        fn=fn, path=jax.tree_util.keystr(path), shape=shape, size=size
+                    )
+                )
+
+
+def _put(x: Any, sharding: NamedSharding) -> Any:
+    """`jax.device_put`, also for typed PRNG keys across processes."""
+    if not eqx.is_array(x):
+        return x
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = jax.device_put(jr.key_data(x), sharding)
+        return jr.wrap_key_data(data, impl=jr.key_impl(x))
+    return jax.device_put(x, sharding)
+
+
+def place(tree: Any, mesh: Mesh) -> Any:
+    """Every array leaf of `tree` replicated on `mesh`."""
+    replicate = NamedSharding(mesh, P())
+    return jax.tree.map(lambda x: _put(x, replicate), tree)
+
+
+def place_model(model: Any, mesh: Mesh) -> Any:
+    """Places a marked model on `mesh`: the chain axis of each MCMC group's kernel
+    state, samples and diagnostics over `"chains"`; everything else (the marked
+    values, the shared step size, inverse mass matrix and adaptation, groups
+    without chains) replicated."""
+    from ._mcmc import MCMCState  # (this module is imported by `_mcmc`)
+
+    chained = NamedSharding(mesh, P(CHAINS))
+    replicate = NamedSharding(mesh, P())
+
+    def put(tree, sharding):
+        return jax.tree.map(lambda x: _put(x, sharding), tree)
+
+    def one(x):
+        if isinstance(x, MCMCState):
+            return MCMCState(
+                kernel_state=put(x.kernel_state, chained),
+                step_size=put(x.step_size, replicate),
+                inverse_mass_matrix=put(x.inverse_mass_matrix, replicate),
+                adaptation=put(x.adaptation, replicate),
+                samples=put(x.samples, chained),
+                diagnostics=put(x.diagnostics, chained),
+            )
+        return _put(x, replicate)
+
+    return jax.tree.map(one, model, is_leaf=lambda x: isinstance(x, MCMCState))
+
+
+def place_data(data: Any, mesh: Mesh) -> Any:
+    """Places the `data=` pytree: along its leading axis over `"data"` when the
+    mesh has that axis, else replicated."""
+    spec = P(DATA) if DATA in mesh.axis_names else P()
+    return jax.tree.map(lambda x: _put(jnp.asarray(x), NamedSharding(mesh, spec)), data)
+
+
+def mesh_of(tree: Any) -> Mesh | None:
+    """The mesh a placed state lives on (that of its first array leaf), or None."""
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
+            return sharding.mesh
+    return None
+
+
+def using(mesh: Mesh | None):
+    """The context under which a placed solve is traced (`jax.set_mesh`)."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+
+# -- inside a traced step ------------------------------------------------------------
+
+
+def chains_axis() -> bool:
+    """Whether the step is traced for a mesh whose `"chains"` axis has several
+    devices (the solve runs under `using(mesh)`)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and dict(mesh.shape).get(CHAINS, 1) > 1
+
+
+def over_devices(fn: Any, *batched: Any) -> Any:
+    """`jax.vmap(fn)` over the leading chain axis, each device vmapping its own
+    block of chains (`jax.shard_map`, manual over `"chains"` only, so that a
+    `"data"` axis stays automatic): no collective inside a kernel's step, and each
+    device's NUTS loop stops when its own chains are done."""
+    chains = P(CHAINS)
+    return jax.shard_map(
+        jax.vmap(fn),
+        in_specs=chains,
+        out_specs=chains,
+        axis_names={CHAINS},
+        # blackjax's `lax.cond`s mix per-chain and shared values in branches.
+        check_vma=False,
+    )(*batched)
+
+
+def gathered(tree: Any) -> Any:
+    """`tree` gathered onto every device (a no-op unless `chains_axis()`): a
+    reduction over chains then runs in the order one device would run it, so the
+    shared adaptation, and the chains after it, keep every bit."""
+    if not chains_axis():
+        return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, P()), tree)
