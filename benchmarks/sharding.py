@@ -151,9 +151,7 @@ def main() -> None:
         *map(str, args.chains),
     ]
     for part in ("one-device", "chains"):
-        subprocess.run(
-            [sys.executable, __file__, "--part", part, *common], check=True
-        )
+        subprocess.run([sys.executable, __file__, "--part", part, *common], check=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.core import Tracer
 from jax.scipy.special import ndtri
 from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import Shaped
@@ -65,7 +66,7 @@ def _gathered(x: Array) -> Array:
     device of their mesh (not to the host). The statistics mix all chains (ranks,
     FFTs along the draws), and XLA's CPU FFT rejects the layout of a partitioned
     one; the chains of one parameter are small next to the solve."""
-    if isinstance(x, jax.core.Tracer):
+    if isinstance(x, Tracer):
         return x
     sharding = x.sharding
     if isinstance(sharding, NamedSharding) and not sharding.is_fully_replicated:
