@@ -85,20 +85,26 @@ def check_mesh(mesh: Any, fn: str, num_chains: dict[str, int], data: Any) -> Non
                 )
 
 
-def _put(x: Any, sharding: NamedSharding) -> Any:
-    """`jax.device_put`, also for typed PRNG keys across processes."""
-    if not eqx.is_array(x):
-        return x
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        data = jax.device_put(jr.key_data(x), sharding)
-        return jr.wrap_key_data(data, impl=jr.key_impl(x))
-    return jax.device_put(x, sharding)
+def _device_put(tree: Any, shardings: Any) -> Any:
+    """`jax.device_put` of every array leaf of `tree` at once (one dispatch), to the
+    sharding at the same place in `shardings` (a pytree with `tree`'s structure
+    down to its leaves). Typed PRNG keys travel as their key data, which
+    `device_put` can check across processes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    targets = treedef.flatten_up_to(shardings)
+    index = [i for i, x in enumerate(leaves) if eqx.is_array(x)]
+    keys = {i for i in index if jnp.issubdtype(leaves[i].dtype, jax.dtypes.prng_key)}
+    raw = [jr.key_data(leaves[i]) if i in keys else leaves[i] for i in index]
+    placed = jax.device_put(raw, [targets[i] for i in index])
+    for i, x in zip(index, placed):
+        leaves[i] = jr.wrap_key_data(x, impl=jr.key_impl(leaves[i])) if i in keys else x
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def place(tree: Any, mesh: Mesh) -> Any:
     """Every array leaf of `tree` replicated on `mesh`."""
     replicate = NamedSharding(mesh, P())
-    return jax.tree.map(lambda x: _put(x, replicate), tree)
+    return _device_put(tree, jax.tree.map(lambda _: replicate, tree))
 
 
 def place_model(model: Any, mesh: Mesh) -> Any:
@@ -111,29 +117,33 @@ def place_model(model: Any, mesh: Mesh) -> Any:
     chained = NamedSharding(mesh, P(CHAINS))
     replicate = NamedSharding(mesh, P())
 
-    def put(tree, sharding):
-        return jax.tree.map(lambda x: _put(x, sharding), tree)
+    def like(tree, sharding):
+        return jax.tree.map(lambda _: sharding, tree)
 
-    def one(x):
+    def sharding(x):
         if isinstance(x, MCMCState):
             return MCMCState(
-                kernel_state=put(x.kernel_state, chained),
-                step_size=put(x.step_size, replicate),
-                inverse_mass_matrix=put(x.inverse_mass_matrix, replicate),
-                adaptation=put(x.adaptation, replicate),
-                samples=put(x.samples, chained),
-                diagnostics=put(x.diagnostics, chained),
+                kernel_state=like(x.kernel_state, chained),
+                step_size=like(x.step_size, replicate),
+                inverse_mass_matrix=like(x.inverse_mass_matrix, replicate),
+                adaptation=like(x.adaptation, replicate),
+                samples=like(x.samples, chained),
+                diagnostics=like(x.diagnostics, chained),
             )
-        return _put(x, replicate)
+        return replicate
 
-    return jax.tree.map(one, model, is_leaf=lambda x: isinstance(x, MCMCState))
+    shardings = jax.tree.map(
+        sharding, model, is_leaf=lambda x: isinstance(x, MCMCState)
+    )
+    return _device_put(model, shardings)
 
 
 def place_data(data: Any, mesh: Mesh) -> Any:
     """Places the `data=` pytree: along its leading axis over `"data"` when the
     mesh has that axis, else replicated."""
-    spec = P(DATA) if DATA in mesh.axis_names else P()
-    return jax.tree.map(lambda x: _put(jnp.asarray(x), NamedSharding(mesh, spec)), data)
+    sharding = NamedSharding(mesh, P(DATA) if DATA in mesh.axis_names else P())
+    data = jax.tree.map(jnp.asarray, data)
+    return _device_put(data, jax.tree.map(lambda _: sharding, data))
 
 
 def mesh_of(tree: Any) -> Mesh | None:
