@@ -121,16 +121,17 @@ def place_model(model: Any, mesh: Mesh) -> Any:
         return jax.tree.map(lambda _: sharding, tree)
 
     def sharding(x):
-        if isinstance(x, MCMCState):
-            return MCMCState(
-                kernel_state=like(x.kernel_state, chained),
-                step_size=like(x.step_size, replicate),
-                inverse_mass_matrix=like(x.inverse_mass_matrix, replicate),
-                adaptation=like(x.adaptation, replicate),
-                samples=like(x.samples, chained),
-                diagnostics=like(x.diagnostics, chained),
-            )
-        return replicate
+        if not isinstance(x, MCMCState):
+            return replicate
+        return eqx.tree_at(
+            lambda s: (s.kernel_state, s.samples, s.diagnostics),
+            like(x, replicate),
+            (
+                like(x.kernel_state, chained),
+                like(x.samples, chained),
+                like(x.diagnostics, chained),
+            ),
+        )
 
     shardings = jax.tree.map(
         sharding, model, is_leaf=lambda x: isinstance(x, MCMCState)
