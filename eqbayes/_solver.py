@@ -23,7 +23,7 @@ from ._custom_types import ArrayTree
 from ._mcmc import over_chains
 from ._posterior import History, Posterior, Result
 from ._summary import diagnostics_line, group_labels
-from ._wrappers import AbstractGroup, collapse, groups_with_paths, is_group, unwrap
+from ._wrappers import AbstractGroup, collapse, is_group, unwrap
 from .callbacks import AbstractCallback, Checkpoint, chunk_record, ProgressBar
 
 
@@ -706,7 +706,7 @@ class Solver(eqx.Module):
         }
         if history is None:
             history = History(jnp.zeros((0,)), {})
-        labels = group_labels(plain, groups_with_paths(state.model))
+        labels = group_labels(plain, state.model)
         return Result(plain, Posterior(samples, diagnostics, plain, labels), history)
 
     # -- run ------------------------------------------------------------------------

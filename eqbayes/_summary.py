@@ -11,7 +11,7 @@ from jaxtyping import Array, PyTree
 
 from . import diagnostics as _diagnostics
 from ._mcmc import KernelDiagnostics
-from ._wrappers import path_str
+from ._wrappers import is_group, is_wrapper, MaskedGroup, path_str
 
 
 _QUANTILES = (
@@ -38,19 +38,25 @@ _EMPTY = (
 MAX_ROWS = 40
 
 
-def group_labels(model: PyTree, groups_with_paths: Sequence[tuple[tuple, Any]]):
+def group_labels(model: PyTree, marked: PyTree):
     """`(group name, group path, label prefix)` for every group of a marked model.
 
     A group's leaves are labelled by their path in the model (`layers[2].weight`),
     unless the group was given its own `name=`: then by that name and the path
-    inside the group (`head.weight`).
+    inside the group (`head.weight`). Members of masked groups share their
+    sub-tree, so they are always labelled by the path.
     """
     model_name = type(model).__name__
     out = []
-    for path, group in groups_with_paths:
+    flat, _ = jax.tree_util.tree_flatten_with_path(marked, is_leaf=is_wrapper)
+    for path, node in flat:
         where = path_str(path)
-        default = where or model_name
-        out.append((group.name, where, where if group.name == default else group.name))
+        if isinstance(node, MaskedGroup):
+            out.extend((g.name, where, where) for g in node.groups if is_group(g))
+        elif is_group(node):
+            default = where or model_name
+            prefix = where if node.name == default else node.name
+            out.append((node.name, where, prefix))
     return tuple(out)
 
 

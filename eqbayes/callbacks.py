@@ -84,7 +84,8 @@ class ChunkRecord(eqx.Module):
     - `steps`: steps taken in this chunk.
     - `end`: the step this run stops at (`step == end` on the last chunk).
     - `loss`: the loss at the end of the chunk, averaged over chains.
-    - `groups`: `{group name: GroupRecord}`.
+    - `groups`: `{group name: GroupRecord}` for every group with posterior draws
+        (optax parts have none).
     - `neg_elbo`: `{group name: negative ELBO}` of variational groups (empty when
         there are none).
     - `state`: the [`eqbayes.SolverState`][] at the end of the chunk (e.g. to save
@@ -160,11 +161,8 @@ def chunk_record(
 ) -> ChunkRecord:
     """The record of a chunk that ended at `state` (called by `Solver.run`)."""
     step = int(state.step)
-    groups = [
-        leaf
-        for leaf in jax.tree.leaves(state.model, is_leaf=is_group)
-        if is_group(leaf)
-    ]
+    leaves = jax.tree.leaves(state.model, is_leaf=is_group)
+    groups = [leaf for leaf in leaves if is_group(leaf) and leaf.sampled]
     return ChunkRecord(
         step=step,
         steps=steps,

@@ -304,3 +304,51 @@ def test_checkpoint_every(tmp_path, monkeypatch):
         model, key=jr.key(0), args=DATA, checkpoint=path, checkpoint_every=20
     )
     assert saved == [30, 40]  # warmup 10 + 20 draws, then the last 10
+
+
+def test_mixed_solve_resumes_bitwise(tmp_path):
+    """Pattern B: a masked SGLD head sampled while Adam trains the body on
+    minibatches; the optax state, the data order and the chains all resume."""
+    net = eqx.nn.MLP(1, 1, 8, 1, activation=jnp.tanh, key=jr.key(0))
+    mask = eqx.tree_at(
+        lambda m: m.layers[-1],
+        jax.tree.map(lambda _: False, net),
+        replace=jax.tree.map(lambda _: True, net.layers[-1]),
+    )
+    model = eb.bayesian(
+        net,
+        blackjax.sgld,
+        mask=mask,
+        step_size=1e-5,
+        warmup=20,
+        keep=20,
+        likelihood_scale=1000.0,
+        num_chains=2,
+    )
+    x = jnp.linspace(-1, 1, 32)[:, None]
+    data = {"x": x, "y": jnp.sin(3 * x)}
+
+    def loss(model, batch):
+        return jnp.mean((jax.vmap(model)(batch["x"]) - batch["y"]) ** 2)
+
+    def solver(*callbacks):
+        return eb.Solver(
+            loss,
+            optimizer=optax.adam(1e-2),
+            progress=False,
+            print_every=10,
+            callbacks=callbacks,
+        )
+
+    full = solver().run(model, 60, key=jr.key(1), data=data, batch_size=8)
+    path = tmp_path / "mixed.eqx"
+    with pytest.raises(KeyboardInterrupt):
+        solver(_StopAfter(40)).run(
+            model, 60, key=jr.key(1), data=data, batch_size=8, checkpoint=path
+        )
+    like = solver().init(model, key=jr.key(1), data=data, batch_size=8)
+    state = eb.load(path, like=like)
+    assert int(state.step) == 30
+    resumed = solver().run(model, 30, key=jr.key(1), data=data, state=state)
+    assert tree_equal(resumed.posterior.samples, full.posterior.samples)
+    assert tree_equal(resumed.model, full.model)
