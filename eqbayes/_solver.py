@@ -439,9 +439,10 @@ class Solver(eqx.Module):
         holds (`None`: those leaves stay frozen). It takes one step per solver step,
         after the groups, on the loss with the sampled groups at their positions.
     - `print_every`: steps per compiled chunk: one dispatch, one host transfer and
-        one progress-bar update per chunk. By default a tenth of the solve when a
-        progress bar is shown, else the whole solve in one chunk (each dispatch
-        costs about a millisecond of Python and pytree handling).
+        one round of progress-bar update and callbacks per chunk. By default a tenth
+        of the solve when a progress bar or callbacks are watching, else the whole
+        solve in one chunk (each chunk costs about a millisecond of Python and
+        pytree handling).
     - `progress`: show a progress bar (needs `tqdm`: `pip install 'eqbayes[progress]'`;
         without it, no bar).
     - `callbacks`: callables called on the host after every chunk with an
