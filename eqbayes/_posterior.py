@@ -146,7 +146,7 @@ class Posterior(eqx.Module):
         and the path inside the group). Columns: `mean`, `sd`, the `quantiles`
         over all chains and draws, `mcse_mean` (Monte Carlo standard error of the
         mean), `ess_bulk`, `ess_tail` and `r_hat` (rank-normalised split R-hat),
-        from [`eqbayes.diagnostics`][] (equal to ArviZ's). Beneath the table,
+        from `eqbayes.diagnostics` (equal to ArviZ's). Beneath the table,
         one line per group on divergences and acceptance.
 
         **Arguments:**

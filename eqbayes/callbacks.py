@@ -123,17 +123,27 @@ class ChunkRecord(eqx.Module):
         return out
 
 
-def _on_host(x: Any) -> Any:
-    if isinstance(x, jax.Array) and not jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return np.asarray(x)
-    return x
+def _on_host(group: AbstractGroup, size: int) -> AbstractGroup:
+    """The group with its arrays of at most `size` elements (per-draw diagnostics,
+    the draws of a scalar) as NumPy views: a handful of tiny device ops (slices,
+    sums) would cost more than the statistics themselves. Larger arrays (sample
+    buffers, kernel states) stay where they are, never copied to the host."""
+
+    def convert(x):
+        if (
+            isinstance(x, jax.Array)
+            and x.size <= size
+            and not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+        ):
+            return np.asarray(x)
+        return x
+
+    return jax.tree.map(convert, group)
 
 
 def _group_record(group: AbstractGroup, step: int) -> GroupRecord:
-    # On NumPy views of the group's arrays: a handful of tiny device ops (slices,
-    # sums) would cost more than the statistics themselves.
-    group = jax.tree.map(_on_host, group)
     warmup, keep, thin = group.schedule
+    group = _on_host(group, group.num_chains * keep)
     n = min(keep, max(0, (step - warmup) // thin))
     mean = None
     position = group.initial_position()
