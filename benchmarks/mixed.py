@@ -163,6 +163,40 @@ def sgld_steps(net, steps):
     return run
 
 
+def handwritten_sgld_steps(net, steps):
+    """blackjax SGLD on the same minibatches (epoch-wise shuffling), one `jax.jit`."""
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    prior = eb.priors.gaussian(10.0)
+    per_epoch = NUM_DATA // BATCH
+
+    def logdensity(p, batch):
+        return -SCALE * loss(eqx.combine(p, static), batch) + prior(p)
+
+    sgld = blackjax.sgld(jax.grad(logdensity))
+
+    @jax.jit
+    def run(key, data):
+        data_key = jr.fold_in(key, 1)
+
+        def body(t, carry):
+            params, order = carry
+            i = t % per_epoch
+            order = jax.lax.cond(
+                i == 0,
+                lambda: jr.permutation(jr.fold_in(data_key, t // per_epoch), NUM_DATA),
+                lambda: order,
+            )
+            index = jax.lax.dynamic_slice_in_dim(order, i * BATCH, BATCH)
+            batch = jax.tree.map(lambda x: x[index], data)
+            params = sgld.step(jr.fold_in(key, t), params, batch, STEP_SIZE)
+            return params, order
+
+        carry = (params, jnp.zeros(NUM_DATA, jnp.int32))
+        return jax.lax.fori_loop(0, steps, body, carry)[0]
+
+    return run
+
+
 def value_and_grad_steps(net, steps):
     params, static = eqx.partition(net, eqx.is_inexact_array)
     per_epoch = NUM_DATA // BATCH
@@ -242,6 +276,26 @@ def main():
         f"{1e6 * totals[1] / (steps * reps):.1f} us, ratio {ratio:.3f} "
         f"(target <= {SGLD_TARGET})"
     )
+    ratio, totals = steady_ratio(
+        sgld_steps(small, steps), handwritten_sgld_steps(small, steps), data, reps
+    )
+    print(
+        f"  the same against hand-written blackjax SGLD: "
+        f"{1e6 * totals[1] / (steps * reps):.1f} us, ratio {ratio:.3f} (the rest of "
+        "a step is blackjax's Gaussian noise: one threefry draw per parameter)"
+    )
+    sgld_run = sgld_steps(small, steps)
+    for impl in ("rbg",):
+        keyed = steady_ratio(
+            lambda k, d: sgld_run(jr.key(0, impl=impl), d),
+            value_and_grad_steps(small, steps),
+            data,
+            reps,
+        )
+        print(
+            f"  with `jax.random.key(..., impl={impl!r})` keys: ratio to one "
+            f"value_and_grad {keyed[0]:.3f}"
+        )
 
     size, head, stored = memory(200 if quick else 1000)
     full = size * (200 if quick else 1000) * 4

@@ -6,11 +6,18 @@ and read the posterior chain, its diagnostics and predictive bands off the resul
 
 import importlib.metadata
 
-from . import diagnostics as diagnostics, priors as priors
+from . import (
+    callbacks as callbacks,
+    diagnostics as diagnostics,
+    plot as plot,
+    priors as priors,
+)
+from ._checkpoint import load as load, save as save
 from ._mcmc import KernelDiagnostics as KernelDiagnostics
 from ._optax import OptaxGroup as OptaxGroup, optimise as optimise
 from ._posterior import History as History, Posterior as Posterior, Result as Result
 from ._solver import Solver as Solver, SolverState as SolverState, Substep as Substep
+from ._summary import Summary as Summary
 from ._wrappers import (
     bayesian as bayesian,
     BayesianLeaf as BayesianLeaf,

@@ -1,6 +1,6 @@
 """What a solve hands back: the plain model, the posterior chain, the history."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
+from . import _summary
 from ._mcmc import KernelDiagnostics
 
 
@@ -72,11 +73,14 @@ class Posterior(eqx.Module):
     - `diagnostics`: `{group name: KernelDiagnostics or None}`.
     - `model`: the plain model at the end of the solve; `predict` fills its sampled
         leaves with each draw.
+    - `labels`: `(group name, group path, label prefix)` per group, which name the
+        leaves in `summary` and `to_arviz` (filled in by the solver).
     """
 
     samples: PyTree[Float[Array, "chain draw ..."] | None]
     diagnostics: dict[str, KernelDiagnostics | None]
     model: PyTree
+    labels: tuple[tuple[str, str, str], ...] = eqx.field(static=True, default=())
 
     @property
     def has_chain(self) -> bool:
@@ -137,6 +141,62 @@ class Posterior(eqx.Module):
         if samples == "point" or not self.has_chain:
             return fn(self.model, *args)
         return _predict_chain(fn, self.samples, self.model, args, batch_size)
+
+    def summary(
+        self, *, quantiles: Sequence[float] = (0.05, 0.5, 0.95)
+    ) -> _summary.Summary:
+        """A table with one row per sampled leaf component.
+
+        Rows are labelled by the leaf's path in the model and its index,
+        `layers[2].weight[0, 3]` (or, for a group marked with `name=`, by that name
+        and the path inside the group). Columns: `mean`, `sd`, the `quantiles`
+        over all chains and draws, `mcse_mean` (Monte Carlo standard error of the
+        mean), `ess_bulk`, `ess_tail` and `r_hat` (rank-normalised split R-hat),
+        from `eqbayes.diagnostics` (equal to ArviZ's). Beneath the table,
+        one line per group on divergences and acceptance.
+
+        **Arguments:**
+
+        - `quantiles`: the quantiles to show, as fractions.
+
+        **Returns:**
+
+        An [`eqbayes.Summary`][]: print it, or take `to_dict()` (NumPy arrays)
+        or `to_pandas()` (with pandas installed).
+
+        !!! Example
+
+            ```python
+            print(result.posterior.summary())
+            table = result.posterior.summary().to_dict()
+            table["r_hat"].max()
+            ```
+        """
+        return _summary.summarise(
+            self.samples, self.diagnostics, self.labels, quantiles
+        )
+
+    def to_arviz(self) -> Any:
+        """The chain as an `arviz.InferenceData` (needs ArviZ:
+        `pip install 'eqbayes[arviz]'`).
+
+        The `posterior` group holds one variable per sampled leaf, named as in
+        [`eqbayes.Posterior.summary`][], with dimensions `(chain, draw, ...)`.
+        `sample_stats` holds `diverging`, `acceptance_rate` and `energy` where the
+        kernel records them (with several groups, suffixed by the group's name,
+        `acceptance_rate[head]`, and `diverging` true where any group diverged).
+        `az.summary`, `az.plot_trace` and `az.plot_pair` then work directly.
+
+        !!! Example
+
+            ```python
+            import arviz as az
+
+            idata = result.posterior.to_arviz()
+            az.plot_trace(idata)
+            ```
+        """
+        return _summary.to_arviz(self.samples, self.diagnostics, self.labels)
 
 
 class Result(eqx.Module):

@@ -1,9 +1,12 @@
 """The Solver: `init -> step -> result`, and `run` as compiled chunks of steps."""
 
 import collections
+import contextlib
 import dataclasses
+import importlib.util
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,9 +21,11 @@ from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 from . import _optax, _sharding
 from ._custom_types import ArrayTree
-from ._mcmc import KernelDiagnostics, over_chains
+from ._mcmc import over_chains
 from ._posterior import History, Posterior, Result
+from ._summary import diagnostics_line, group_labels
 from ._wrappers import AbstractGroup, collapse, is_group, unwrap
+from .callbacks import AbstractCallback, Checkpoint, chunk_record, ProgressBar
 
 
 logger = logging.getLogger("eqbayes")
@@ -55,6 +60,16 @@ _NOT_YET = "`{call}`: {what} are not available in this version of eqbayes."
 _KEY = (
     "`Solver.{fn}(..., key=...)`: `key` must be a JAX PRNG key such as "
     "`jax.random.key(0)` (or a legacy `jax.random.PRNGKey(0)`); got {what}."
+)
+_CALLBACK = (
+    "`Solver(..., callbacks=...)`: every callback must be callable "
+    "`callback(record)` (a function, or an `eb.callbacks.AbstractCallback`); got an "
+    "object of type `{type}`."
+)
+_CHECKPOINT_EVERY = (
+    "`Solver.run(..., checkpoint_every={value!r})`: `checkpoint_every` must be a "
+    "positive integer (solver steps between checkpoints), and needs "
+    "`checkpoint=path`."
 )
 _PRINT_EVERY = (
     "`Solver(..., print_every={value!r})`: `print_every` must be a positive integer "
@@ -410,27 +425,6 @@ def _groups(model: PyTree) -> list[AbstractGroup]:
     return [leaf for leaf in jax.tree.leaves(model, is_leaf=is_group) if is_group(leaf)]
 
 
-def _summarise(name: str, diagnostics: KernelDiagnostics | None) -> str:
-    if diagnostics is None:
-        return f"Group '{name}': no kernel diagnostics"
-    parts = []
-    if diagnostics.is_divergent is not None:
-        total = diagnostics.is_divergent.size
-        count = int(jnp.sum(diagnostics.is_divergent))
-        pct = 100.0 * count / max(total, 1)
-        parts.append(f"{count}/{total} divergent ({pct:.2f}%)")
-    if diagnostics.acceptance_rate is not None:
-        parts.append(f"mean accept {float(jnp.mean(diagnostics.acceptance_rate)):.2f}")
-    if diagnostics.energy is not None:
-        parts.append(f"mean energy {float(jnp.mean(diagnostics.energy)):.4g}")
-    if diagnostics.num_integration_steps is not None:
-        mean = float(jnp.mean(diagnostics.num_integration_steps))
-        parts.append(f"mean integration steps {mean:.1f}")
-    return f"Group '{name}': " + (
-        ", ".join(parts) if parts else "no kernel diagnostics"
-    )
-
-
 class Solver(eqx.Module):
     """Steps every group of a marked model together.
 
@@ -446,12 +440,16 @@ class Solver(eqx.Module):
         holds (`None`: those leaves stay frozen). It takes one step per solver step,
         after the groups, on the loss with the sampled groups at their positions.
     - `print_every`: steps per compiled chunk: one dispatch, one host transfer and
-        one progress-bar update per chunk. By default a tenth of the solve when a
-        progress bar is shown, else the whole solve in one chunk (each dispatch
-        costs about a millisecond of Python and pytree handling).
+        one round of progress-bar update and callbacks per chunk. By default a tenth
+        of the solve when a progress bar or callbacks are watching, else the whole
+        solve in one chunk (each chunk costs about a millisecond of Python and
+        pytree handling).
     - `progress`: show a progress bar (needs `tqdm`: `pip install 'eqbayes[progress]'`;
         without it, no bar).
-    - `callbacks`: reserved (must be empty).
+    - `callbacks`: callables called on the host after every chunk with an
+        [`eqbayes.callbacks.ChunkRecord`][] (step, loss, per-group running
+        statistics, the state), e.g. [`eqbayes.callbacks.WandbLogger`][]. Never
+        called inside the compiled loop.
     - `optimizer_chains`: with K > 1 chains, `optimizer`'s gradient is taken at
         chain 0 of the sampled groups (`"first"`) or averaged over the K chains
         (`"mean"`); see [`eqbayes.optimise`][].
@@ -493,10 +491,9 @@ class Solver(eqx.Module):
                 raise TypeError(_SUBSTEP_TYPE.format(type=type(sub).__name__))
         if self.substeps and self.optimizer is not None:
             raise ValueError(_SUBSTEPS_OPTIMIZER)
-        if tuple(self.callbacks):
-            raise NotImplementedError(
-                _NOT_YET.format(call="Solver(..., callbacks=...)", what="callbacks")
-            )
+        for callback in tuple(self.callbacks):
+            if not callable(callback):
+                raise TypeError(_CALLBACK.format(type=type(callback).__name__))
         pe = self.print_every
         if pe is not None and (
             isinstance(pe, bool) or not isinstance(pe, int) or pe < 1
@@ -728,7 +725,8 @@ class Solver(eqx.Module):
         }
         if history is None:
             history = History(jnp.zeros((0,)), {})
-        return Result(plain, Posterior(samples, diagnostics, plain), history)
+        labels = group_labels(plain, state.model)
+        return Result(plain, Posterior(samples, diagnostics, plain, labels), history)
 
     # -- run ------------------------------------------------------------------------
 
@@ -743,6 +741,8 @@ class Solver(eqx.Module):
         batch_size: int | None = None,
         state: SolverState | None = None,
         mesh: Mesh | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
     ) -> Result:
         """Runs a whole solve in compiled chunks and returns its result.
 
@@ -757,9 +757,17 @@ class Solver(eqx.Module):
         - `data`: optional data, passed as `loss(model, data, *args)`.
         - `batch_size`: minibatch size for the minibatched parts (see
             [`eqbayes.Solver.init`][]).
-        - `state`: continue from this state (e.g. a saved one) instead of
-            initialising; `steps` then counts the further steps (default: to the
-            end of the longest group's schedule).
+        - `state`: continue from this state (e.g. one loaded with
+            [`eqbayes.load`][]) instead of initialising; `steps` then counts the
+            further steps (default: to the end of the longest group's schedule).
+            The chain continues bitwise as if the solve had not stopped.
+        - `checkpoint`: a file to save the state to with [`eqbayes.save`][] as the
+            solve goes (atomically: a killed process leaves the last complete
+            checkpoint), and at the end.
+        - `checkpoint_every`: solver steps between checkpoints (chunks are then
+            at most this long). By default a checkpoint is written after every
+            chunk (`print_every` steps, or a tenth of the solve with a progress bar
+            or callbacks, else the whole solve).
         - `mesh`: a `jax.sharding.Mesh` with axes `"chains"` and/or `"data"`: the
             solve runs sharded over it (see [`eqbayes.Solver.init`][] and
             [Scaling out](../scaling.md)); with `state=`, the state is moved onto
@@ -796,6 +804,13 @@ class Solver(eqx.Module):
                         thin=thin,
                     )
                 )
+        if checkpoint_every is not None and (
+            checkpoint is None
+            or isinstance(checkpoint_every, bool)
+            or not isinstance(checkpoint_every, int)
+            or checkpoint_every < 1
+        ):
+            raise ValueError(_CHECKPOINT_EVERY.format(value=checkpoint_every))
         if state is None:
             state = self.init(
                 model, key=key, args=args, data=data, batch_size=batch_size, mesh=mesh
@@ -811,16 +826,38 @@ class Solver(eqx.Module):
         if mesh is not None:
             args, data = _placed(args, data, mesh)
         program = self._program
-        bar = _progress_bar(self.progress, steps)
+        callbacks = list(self.callbacks)
+        if self.progress and importlib.util.find_spec("tqdm") is not None:
+            callbacks.insert(0, ProgressBar())
         if self.print_every is not None:
             chunk = self.print_every
-        elif bar is not None:
+        elif callbacks:
             chunk = max(1, math.ceil(steps / 10))
         else:  # nobody is watching: one dispatch for the whole solve
             chunk = steps
+        if checkpoint is not None:
+            callbacks.append(Checkpoint(checkpoint, every=checkpoint_every))
+            if checkpoint_every is not None and self.print_every is None:
+                chunk = min(chunk, checkpoint_every)
         fast = len(schedules) == 1 and done == 0 and steps == needed
         losses = []
-        with _logging_around(bar), _sharding.using(mesh):
+        pending = []
+
+        def tell(state, loss, n):
+            losses.append(np.asarray(loss))  # one host transfer per chunk
+            if callbacks:
+                record = chunk_record(state, losses[-1], n, done + steps)
+                for callback in callbacks:
+                    callback(record)
+
+        def report(state, loss, n):
+            # The previous chunk is handed over once this one is dispatched, so
+            # the host's work (callbacks, checkpoints) overlaps the device's.
+            if pending:
+                tell(*pending.pop())
+            pending.append((state, loss, n))
+
+        with _running(callbacks, done, done + steps), _sharding.using(mesh):
             if fast:
                 ((warmup, keep, thin),) = schedules
                 logger.info(
@@ -840,8 +877,7 @@ class Solver(eqx.Module):
                         jnp.asarray(n_warm),
                         jnp.asarray(n * thin),
                     )
-                    losses.append(np.asarray(loss))  # one host transfer per chunk
-                    _advance(bar, n_warm + n * thin)
+                    report(state, loss, n_warm + n * thin)
             else:
                 logger.info(
                     f"General path: {steps} steps in chunks of {chunk} "
@@ -853,8 +889,9 @@ class Solver(eqx.Module):
                     state, loss = _run_general(
                         program, state, args, data, jnp.asarray(n)
                     )
-                    losses.append(np.asarray(loss))  # one host transfer per chunk
-                    _advance(bar, n)
+                    report(state, loss, n)
+            if pending:
+                tell(*pending.pop())
         history = History(
             jnp.asarray(np.stack(losses)) if losses else jnp.zeros((0,)), {}
         )
@@ -862,7 +899,7 @@ class Solver(eqx.Module):
         result = self.result(state, history)
         if logger.isEnabledFor(logging.INFO):
             for name, diagnostics in result.posterior.diagnostics.items():
-                logger.info(_summarise(name, diagnostics))
+                logger.info(diagnostics_line(name, diagnostics))
         return result
 
 
@@ -1008,35 +1045,16 @@ def _loss_shape(loss, model, args):
     return _LOSS_SHAPES[key]
 
 
-def _progress_bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        logger.debug("tqdm is not installed: no progress bar.")
-        return None
-    return tqdm(total=total, desc="eqbayes", unit="step", leave=False)
-
-
-def _logging_around(bar):
-    """Routes eqbayes's log lines through the progress bar so they don't collide,
-    and closes the bar at the end."""
-    import contextlib
-
-    if bar is None:
-        return contextlib.nullcontext()
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    stack = contextlib.ExitStack()
-    stack.callback(bar.close)
-    stack.enter_context(logging_redirect_tqdm(loggers=[logger]))
-    return stack
-
-
-def _advance(bar, n: int):
-    if bar is not None:
-        bar.update(n)
+@contextlib.contextmanager
+def _running(callbacks, step: int, end: int):
+    """Tells the callbacks that a run starts, and that it ended (also on an
+    error), in reverse order."""
+    with contextlib.ExitStack() as stack:
+        for callback in callbacks:
+            if isinstance(callback, AbstractCallback):
+                callback.start(step, end)
+                stack.callback(callback.end)
+        yield
 
 
 __all__ = ["Solver", "SolverState", "Substep"]

@@ -6,8 +6,9 @@ loss is a plain mean squared error; `eb.bayesian` marks the model as sampled and
 `eb.Solver` runs four NUTS chains.
 
 Run it with `python examples/quickstart.py` (a few seconds on a laptop). It prints a
-summary and writes `quickstart.png` (data, posterior mean and 90% predictive band) to
-the current directory when matplotlib is installed (`pip install 'eqbayes[plot]'`).
+summary and writes `quickstart.png` (data, posterior mean and 90% predictive band) and
+`quickstart_trace.png` (trace and rank plots of the chains) to the current directory
+when matplotlib is installed (`pip install 'eqbayes[plot]'`).
 """
 
 import blackjax
@@ -45,47 +46,38 @@ def loss(model: Coefficients, x: Array, y: Array) -> Array:
     return jnp.mean((model(x) - y) ** 2)
 
 
-def plot(x, y, x_grid, preds, new_data, path="quickstart.png") -> None:
-    """Data, posterior mean and 90% bands; on the right, the curve's own uncertainty."""
+def plot(x, y, x_grid, preds, new_data, posterior, path="quickstart.png") -> None:
+    """Data, posterior mean and 90% bands; on the right, the curve's own uncertainty.
+    Then the chains' trace and rank plots."""
     try:
         import matplotlib
 
-        matplotlib.use("Agg")
+        matplotlib.use("Agg")  # headless: draw to files
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed, so no plot: pip install 'eqbayes[plot]'")
         return
-    q = jnp.array([0.05, 0.95])
-    mean = jnp.mean(preds, axis=(0, 1))
-    band = jnp.quantile(preds, q, axis=(0, 1))
-    new_data_band = jnp.quantile(new_data, q, axis=(0, 1))
-
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(10, 4))
-    ax.fill_between(
-        x_grid, *new_data_band, color="C0", alpha=0.25, lw=0, label="90% band, new data"
-    )
-    ax.fill_between(
-        x_grid, *band, color="C1", alpha=0.8, lw=0, label="90% band, mean curve"
-    )
-    ax.plot(x_grid, mean, color="C0", lw=1, label="posterior mean")
-    ax.plot(x, y, ".", color="k", ms=4, label="data")
+    eb.plot.predictive(x_grid, new_data, data=(x, y), ax=ax, label="new data")
+    eb.plot.predictive(x_grid, preds, ax=ax, color="C1", label="curve")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title("a·sin(πx) + b·cos(πx), 4 NUTS chains")
-    ax.legend()
     # The curve itself is pinned down far more tightly than the noise: zoom in.
-    zoom.fill_between(
-        x_grid, band[0] - mean, band[1] - mean, color="C1", alpha=0.4, lw=0
-    )
+    mean = jnp.mean(preds, axis=(0, 1))
+    eb.plot.predictive(x_grid, preds - mean, ax=zoom, color="C1", label="curve")
     zoom.plot(x_grid, (preds[0, :20] - mean).T, color="k", lw=0.5, alpha=0.5)
-    zoom.axhline(0.0, color="C0", lw=1)
     zoom.set_xlabel("x")
     zoom.set_ylabel("curve − posterior mean")
     zoom.set_title("90% band of the curve and 20 posterior draws")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    print(f"wrote {path}")
+    trace_path = path.replace(".png", "_trace.png")
+    fig = eb.plot.trace(posterior)
+    fig.savefig(trace_path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path} and {trace_path}")
 
 
 def main() -> None:
@@ -108,25 +100,17 @@ def main() -> None:
     result = eb.Solver(loss).run(model, key=run_key, args=(x, y))
     posterior = result.posterior
 
-    header = ("", "truth", "mean", "5%", "95%", "R-hat", "ESS")
-    print(f"{header[0]:3}" + "".join(f" {h:>7}" for h in header[1:]))
-    for name, truth in (("a", A_TRUE), ("b", B_TRUE)):
-        chain = getattr(posterior.samples, name)  # (chains, draws)
-        lo, hi = jnp.quantile(chain, jnp.array([0.05, 0.95]))
-        print(
-            f"{name:3} {truth:7.3f} {float(jnp.mean(chain)):7.3f} {float(lo):7.3f} "
-            f"{float(hi):7.3f} {float(eb.rhat(chain)):7.4f} {float(eb.ess(chain)):7.0f}"
-        )
-    diagnostics = posterior.diagnostics["Coefficients"]
-    n_div = int(jnp.sum(diagnostics.is_divergent))
-    print(f"divergent transitions: {n_div} of {diagnostics.is_divergent.size}")
+    # One row per coefficient: mean, sd, quantiles, MCSE, bulk/tail ESS, R-hat;
+    # beneath it, each group's divergences and acceptance rate.
+    print(f"truth: a = {A_TRUE}, b = {B_TRUE}")
+    print(posterior.summary())
 
     # Push every draw through the model: a (chains, draws, points) array.
     x_grid = jnp.linspace(0.0, 1.0, 200)
     preds = posterior.predict(lambda m, x: m(x), x_grid)
     # New observations add the measurement noise on top of the curve's uncertainty.
     new_data = preds + NOISE_STD * jr.normal(jr.key(1), preds.shape)
-    plot(x, y, x_grid, preds, new_data)
+    plot(x, y, x_grid, preds, new_data, posterior)
 
 
 if __name__ == "__main__":

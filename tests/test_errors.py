@@ -261,8 +261,6 @@ def test_options_of_later_releases_say_so():
         NotImplementedError, match=re.escape("log-density-aware initialisers are not")
     ):
         eb.bayesian(MODEL, blackjax.nuts, init=object())
-    with pytest.raises(NotImplementedError, match=re.escape("callbacks are not")):
-        eb.Solver(mse, callbacks=(print,))
 
 
 def test_bad_steps_and_predict_batch_size():

@@ -1,0 +1,149 @@
+"""What watching and checkpointing a solve cost.
+
+The 4-chain NUTS quick example (the sin/cos inverse problem of `examples/quickstart.py`:
+4 chains, warmup 500, 1000 draws per chain, float32; `quick`) and the same with 10000
+draws per chain (`long`) are solved, in this process, in four ways, interleaved
+(rotating which goes first), each repetition with a new key and timed to
+`jax.block_until_ready` on the whole result, after one untimed call per way
+(compilation):
+
+- `off`: `eb.Solver(loss, progress=False)`, no callbacks: the whole solve in one
+  compiled chunk;
+- `watched`: `eb.Solver(loss, progress=True, callbacks=(eb.callbacks.WandbLogger(),))`
+  with an offline wandb run: ten chunks, after each one a progress-bar update and a
+  wandb log of the chunk's record (loss and per-group running statistics);
+- `checkpointed`: `eb.Solver(loss, progress=False).run(..., checkpoint=path,
+  checkpoint_every=150)`: ten chunks, the whole solver state saved atomically after
+  each one.
+
+Reported per case: median seconds per way, and the ratios of the total times over the
+repetitions against `off` (wall and process CPU time), and `checkpointed / chunked`, the
+cost of writing the checkpoints. Targets: `watched / off <= 1.05`;
+`checkpointed / chunked <= 1.10` on the quick example (checkpointing every chunk costs
+at most 10 % of the solve). Each chunk costs a fixed amount of host work (a dispatch, a
+host transfer, the callbacks), so the ratios shrink as the solve gets longer.
+
+    python benchmarks/long_runs.py            # 10 repetitions
+    python benchmarks/long_runs.py --reps 3
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import blackjax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import eqbayes as eb  # noqa: E402
+
+
+WATCH_TARGET = 1.05
+CHECKPOINT_TARGET = 1.10
+NOISE_SD = 0.1
+
+
+class Coefficients(eqx.Module):
+    a: jax.Array
+    b: jax.Array
+
+
+def loss(model, x, y):
+    pred = model.a * jnp.sin(jnp.pi * x) + model.b * jnp.cos(jnp.pi * x)
+    return jnp.mean((pred - y) ** 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=10)
+    opts = parser.parse_args()
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    x = jnp.linspace(0.0, 1.0, 101)
+    noise = NOISE_SD * jax.random.normal(jax.random.key(0), x.shape)
+    y = 3.14 * jnp.sin(jnp.pi * x) - 2.71 * jnp.cos(jnp.pi * x) + noise
+    tmp = tempfile.mkdtemp()
+    run = wandb.init(project="eqbayes-benchmark", dir=tmp)
+    print(f"load average: {os.getloadavg()}")
+    for case, keep in (("quick", 1000), ("long", 10000)):
+        model = eb.bayesian(
+            Coefficients(jnp.zeros(()), jnp.zeros(())),
+            blackjax.nuts,
+            num_chains=4,
+            warmup=500,
+            keep=keep,
+            init_jitter=0.1,
+            likelihood_scale=101 / (2 * NOISE_SD**2),
+            prior=eb.priors.gaussian(10.0),
+        )
+        measure(case, model, (x, y), os.path.join(tmp, f"{case}.eqx"), opts.reps)
+    run.finish()
+
+
+def measure(case, model, args, checkpoint, reps):
+    steps = 500 + model.config.keep
+    off = eb.Solver(loss, progress=False)
+    chunked = eb.Solver(loss, progress=False, print_every=steps // 10)
+    watched = eb.Solver(loss, progress=True, callbacks=(eb.callbacks.WandbLogger(),))
+    ways = {
+        "off": lambda key: off.run(model, key=key, args=args),
+        "watched": lambda key: watched.run(model, key=key, args=args),
+        "chunked": lambda key: chunked.run(model, key=key, args=args),
+        "checkpointed": lambda key: off.run(
+            model,
+            key=key,
+            args=args,
+            checkpoint=checkpoint,
+            checkpoint_every=steps // 10,
+        ),
+    }
+    for fn in ways.values():
+        jax.block_until_ready(fn(jax.random.key(0)))
+    wall = {k: [] for k in ways}
+    cpu = {k: [] for k in ways}
+    names = list(ways)
+    for rep in range(reps):
+        key = jax.random.key(1 + rep)
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(ways[name](key))
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    size = os.path.getsize(checkpoint)
+    print(
+        f"\n{case}: 4-chain NUTS, warmup 500, {model.config.keep} draws per chain, "
+        f"{reps} repetitions, 10 chunks; checkpoint file {size / 1e3:.0f} kB"
+    )
+    print(
+        f"{'way':14} {'median s':>9} {'ratio':>7} {'cpu':>7} {'target':>7}"
+        "   (ratios: total time / off's)"
+    )
+    for name in names:
+        ratio = sum(wall[name]) / sum(wall["off"])
+        cpu_ratio = sum(cpu[name]) / sum(cpu["off"])
+        target = WATCH_TARGET if name == "watched" else None
+        print(
+            f"{name:14} {statistics.median(wall[name]):9.3f} {ratio:7.3f} "
+            f"{cpu_ratio:7.3f} {'' if target is None else f'{target:.2f}':>7}"
+        )
+    ratio = sum(wall["checkpointed"]) / sum(wall["chunked"])
+    cpu_ratio = sum(cpu["checkpointed"]) / sum(cpu["chunked"])
+    print(
+        f"writing the checkpoints: checkpointed / chunked = {ratio:.3f} "
+        f"(cpu {cpu_ratio:.3f}); target {CHECKPOINT_TARGET:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""Callbacks: what `Solver.run` reports on the host once per compiled chunk.
+
+A callback is any callable `callback(record)` taking a
+[`eqbayes.callbacks.ChunkRecord`][]; `eb.Solver(loss, callbacks=(...))` calls each
+one after every chunk of
+`print_every` steps, on the host, with the state the chunk ended at. Nothing runs
+inside the compiled loop, so a callback costs one call per chunk, never one per step.
+A subclass of [`eqbayes.callbacks.AbstractCallback`][] is also told when a run starts
+and ends.
+
+Built on it: [`eqbayes.callbacks.ProgressBar`][] (what `progress=True` shows),
+[`eqbayes.callbacks.WandbLogger`][] and [`eqbayes.callbacks.Checkpoint`][] (what
+`Solver.run(..., checkpoint=...)` uses). Optional dependencies (`tqdm`, `wandb`)
+are imported when a run starts, never at `import eqbayes`.
+"""
+
+import abc
+import contextlib
+import math
+import os
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PyTree
+
+from ._checkpoint import save
+from ._wrappers import AbstractGroup, is_group
+
+
+__all__ = [
+    "AbstractCallback",
+    "Checkpoint",
+    "ChunkRecord",
+    "GroupRecord",
+    "ProgressBar",
+    "WandbLogger",
+]
+
+_NO_WANDB = "`eb.callbacks.WandbLogger()` needs wandb: `pip install 'eqbayes[wandb]'`."
+_NO_RUN = (
+    "`eb.callbacks.WandbLogger()`: no wandb run is active. Call `wandb.init(...)` "
+    "before `solver.run(...)`, or pass the run: `WandbLogger(run=wandb.init(...))`."
+)
+_EVERY = (
+    "`eb.callbacks.Checkpoint(path, every={value!r})`: `every` must be a positive "
+    "integer (solver steps between checkpoints) or None (after every chunk)."
+)
+
+
+class GroupRecord(eqx.Module):
+    """Running statistics of one group at the end of a chunk, on the host.
+
+    Taken over the draws the group holds so far (after warmup: at most `keep`).
+    A statistic the group's kernel does not record is `None`.
+
+    **Fields:**
+
+    - `n_samples`: draws per chain kept so far.
+    - `n_chains`: the group's number of chains K.
+    - `mean`: the posterior mean so far, for a group that samples one scalar
+        (`None` otherwise, or before the first draw).
+    - `n_is_divergent`: divergent transitions among the kept draws (NUTS, HMC).
+    - `mean_acceptance_rate`: mean acceptance rate of the kept draws.
+    - `mean_energy`: mean Hamiltonian energy of the kept draws (NUTS, HMC).
+    """
+
+    n_samples: int
+    n_chains: int
+    mean: float | None = None
+    n_is_divergent: int | None = None
+    mean_acceptance_rate: float | None = None
+    mean_energy: float | None = None
+
+
+class ChunkRecord(eqx.Module):
+    """What a callback is told after each compiled chunk of a solve.
+
+    **Fields:**
+
+    - `step`: solver steps done at the end of the chunk.
+    - `steps`: steps taken in this chunk.
+    - `end`: the step this run stops at (`step == end` on the last chunk).
+    - `loss`: the loss at the end of the chunk, averaged over chains.
+    - `groups`: `{group name: GroupRecord}` for every group with posterior draws
+        (optax parts have none).
+    - `neg_elbo`: `{group name: negative ELBO}` of variational groups (empty when
+        there are none).
+    - `state`: the [`eqbayes.SolverState`][] at the end of the chunk (e.g. to save
+        it, as [`eqbayes.callbacks.Checkpoint`][] does).
+    """
+
+    step: int
+    steps: int
+    end: int
+    loss: float
+    groups: dict[str, GroupRecord]
+    neg_elbo: dict[str, float]
+    state: PyTree
+
+    def metrics(self) -> dict[str, float | int]:
+        """The record as flat, named numbers, as logged by
+        [`eqbayes.callbacks.WandbLogger`][]: `step`, `loss`, `neg_elbo/<name>`,
+        and `posterior/<name>/<statistic>` for every statistic of every group that
+        is not `None`."""
+        out: dict[str, float | int] = {"step": self.step, "loss": self.loss}
+        for name, value in self.neg_elbo.items():
+            out[f"neg_elbo/{name}"] = value
+        for name, group in self.groups.items():
+            for field in (
+                "n_samples",
+                "n_chains",
+                "mean",
+                "n_is_divergent",
+                "mean_acceptance_rate",
+                "mean_energy",
+            ):
+                value = getattr(group, field)
+                if value is not None:
+                    out[f"posterior/{name}/{field}"] = value
+        return out
+
+
+def _on_host(group: AbstractGroup, size: int) -> AbstractGroup:
+    """The group with its arrays of at most `size` elements (per-draw diagnostics,
+    the draws of a scalar) as NumPy views: a handful of tiny device ops (slices,
+    sums) would cost more than the statistics themselves. Larger arrays (sample
+    buffers, kernel states) stay where they are, never copied to the host."""
+
+    def convert(x):
+        if (
+            isinstance(x, jax.Array)
+            and x.size <= size
+            and not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+        ):
+            return np.asarray(x)
+        return x
+
+    return jax.tree.map(convert, group)
+
+
+def _group_record(group: AbstractGroup, step: int) -> GroupRecord:
+    warmup, keep, thin = group.schedule
+    group = _on_host(group, group.num_chains * keep)
+    n = min(keep, max(0, (step - warmup) // thin))
+    mean = None
+    position = group.initial_position()
+    if n > 0 and sum(x.size for x in jax.tree.leaves(position)) == 1:
+        (draws,) = jax.tree.leaves(group.draws(step))
+        mean = float(np.mean(np.asarray(draws)))
+    stats: dict[str, Any] = {}
+    diagnostics = group.kernel_diagnostics(step) if n > 0 else None
+    if diagnostics is not None:
+        if diagnostics.is_divergent is not None:
+            stats["n_is_divergent"] = int(np.sum(diagnostics.is_divergent))
+        for field in ("acceptance_rate", "energy"):
+            value = getattr(diagnostics, field)
+            if value is not None:
+                stats[f"mean_{field}"] = float(np.mean(value))
+    return GroupRecord(n_samples=n, n_chains=group.num_chains, mean=mean, **stats)
+
+
+def chunk_record(
+    state: PyTree,
+    loss: Any,
+    steps: int,
+    end: int,
+    neg_elbo: dict[str, Any] | None = None,
+) -> ChunkRecord:
+    """The record of a chunk that ended at `state` (called by `Solver.run`)."""
+    step = int(state.step)
+    leaves = jax.tree.leaves(state.model, is_leaf=is_group)
+    groups = [leaf for leaf in leaves if is_group(leaf) and leaf.sampled]
+    return ChunkRecord(
+        step=step,
+        steps=steps,
+        end=end,
+        loss=float(loss),
+        groups={g.name: _group_record(g, step) for g in groups},
+        neg_elbo={k: float(v) for k, v in (neg_elbo or {}).items()},
+        state=state,
+    )
+
+
+class AbstractCallback(abc.ABC):
+    """A callback that is also told when a run starts and ends.
+
+    Subclass it and implement `__call__(record)`; override `start` and `end` when
+    the callback holds something per run (a progress bar, a wandb run). Callbacks
+    are ordinary host-side Python objects: they may keep state between calls.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, record: ChunkRecord) -> None:
+        """Called after every chunk with its [`eqbayes.callbacks.ChunkRecord`][]."""
+
+    def start(self, step: int, end: int) -> None:
+        """Called before the first chunk: the run goes from `step` to `end`."""
+
+    def end(self) -> None:
+        """Called after the last chunk, and also when the run fails."""
+
+
+class ProgressBar(AbstractCallback):
+    """A `tqdm` progress bar over the solver steps, with the loss; eqbayes's log
+    lines are routed through it while it is shown.
+
+    `eb.Solver(loss, progress=True)` (the default) adds one to every run when
+    `tqdm` is installed (`pip install 'eqbayes[progress]'`).
+
+    **Arguments:**
+
+    - `desc`: the bar's label.
+    """
+
+    def __init__(self, desc: str = "eqbayes"):
+        self.desc = desc
+        self._bar: Any = None
+        self._stack: contextlib.ExitStack | None = None
+
+    def start(self, step: int, end: int) -> None:
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self._bar = tqdm(total=end - step, desc=self.desc, unit="step", leave=False)
+        self._stack = contextlib.ExitStack()
+        self._stack.callback(self._bar.close)
+        self._stack.enter_context(logging_redirect_tqdm(loggers=[_logger()]))
+
+    def __call__(self, record: ChunkRecord) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{record.loss:.4g}", refresh=False)
+            self._bar.update(record.steps)
+
+    def end(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._bar = self._stack = None
+
+
+def _logger():
+    import logging
+
+    return logging.getLogger("eqbayes")
+
+
+class WandbLogger(AbstractCallback):
+    """Logs each chunk's [`metrics`][eqbayes.callbacks.ChunkRecord.metrics] to
+    Weights & Biases.
+
+    Per chunk: `loss`, `step`, `neg_elbo/<name>` for variational groups, and per
+    group `posterior/<name>/n_samples`, `n_chains`, `mean` (groups sampling one
+    scalar), `n_is_divergent`, `mean_acceptance_rate` and `mean_energy` (where the
+    kernel records them). Needs `pip install 'eqbayes[wandb]'`.
+
+    **Arguments:**
+
+    - `run`: the wandb run to log to; `None` means the active run (`wandb.run`)
+        when the solve starts.
+    - `prefix`: put in front of every key, e.g. `"fit1/"`.
+
+    !!! Example
+
+        ```python
+        import wandb
+
+        wandb.init(project="my-project")
+        solver = eb.Solver(loss, callbacks=(eb.callbacks.WandbLogger(),))
+        result = solver.run(model, key=jax.random.key(0), args=(x, y))
+        ```
+    """
+
+    def __init__(self, run: Any = None, prefix: str = ""):
+        self.run = run
+        self.prefix = prefix
+        self._active: Any = None
+
+    def start(self, step: int, end: int) -> None:
+        run = self.run
+        if run is None:
+            try:
+                import wandb
+            except ImportError as err:
+                raise ImportError(_NO_WANDB) from err
+            run = wandb.run
+            if run is None:
+                raise RuntimeError(_NO_RUN)
+        self._active = run
+
+    def __call__(self, record: ChunkRecord) -> None:
+        run = self._active if self._active is not None else self.run
+        if run is None:
+            raise RuntimeError(_NO_RUN)
+        run.log({self.prefix + k: v for k, v in record.metrics().items()})
+
+    def end(self) -> None:
+        self._active = None
+
+
+class Checkpoint(AbstractCallback):
+    """Saves the solver state with [`eqbayes.save`][] as the solve goes.
+
+    A checkpoint is written after the first chunk that ends at least `every` steps
+    after the last one, and after the run's last chunk; each write replaces the
+    file atomically, so a killed process loses at most what it did since.
+    `Solver.run(..., checkpoint=path, checkpoint_every=n)` adds one for you (and
+    makes the chunks at most `n` steps long).
+
+    **Arguments:**
+
+    - `path`: the checkpoint file.
+    - `every`: solver steps between checkpoints; `None` means after every chunk.
+    """
+
+    def __init__(self, path: str | os.PathLike, every: int | None = None):
+        if every is not None and (
+            isinstance(every, bool) or not isinstance(every, int) or every < 1
+        ):
+            raise ValueError(_EVERY.format(value=every))
+        self.path = os.fspath(path)
+        self.every = every
+        self._last: float = -math.inf
+
+    def start(self, step: int, end: int) -> None:
+        self._last = step
+
+    def __call__(self, record: ChunkRecord) -> None:
+        every = 1 if self.every is None else self.every
+        if record.step - self._last >= every or record.step == record.end:
+            save(self.path, record.state)
+            self._last = record.step

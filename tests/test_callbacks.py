@@ -1,0 +1,236 @@
+"""Callbacks: one host call per chunk with a typed record; the wandb logger."""
+
+import glob
+import json
+import re
+import time
+
+import blackjax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from conftest import tree_equal
+from problems import Coefficients, LIKELIHOOD_SCALE, mse, sincos_data
+
+import eqbayes as eb
+
+
+DATA = sincos_data()
+
+
+def _marked(**kwargs):
+    config = dict(num_chains=2, warmup=20, keep=30, likelihood_scale=LIKELIHOOD_SCALE)
+    config.update(kwargs)
+    return eb.bayesian(
+        Coefficients(jnp.array(3.0), jnp.array(-2.5)), blackjax.nuts, **config
+    )
+
+
+def _two_groups():
+    config = dict(num_chains=2, warmup=10, keep=20, likelihood_scale=LIKELIHOOD_SCALE)
+    model = Coefficients(jnp.array(3.0), jnp.array(-2.5))
+    model = eb.bayesian(model, blackjax.nuts, where=lambda m: m.a, **config)
+    return eb.bayesian(
+        model,
+        blackjax.mala,
+        where=lambda m: m.b,
+        step_size=1e-5,
+        name="slope",
+        **config,
+    )
+
+
+class _Recorder(eb.callbacks.AbstractCallback):
+    def __init__(self, fail_at=None):
+        self.events = []
+        self.records = []
+        self.fail_at = fail_at
+
+    def start(self, step, end):
+        self.events.append(("start", step, end))
+
+    def __call__(self, record):
+        self.records.append(record)
+        self.events.append(("chunk", record.step))
+        if record.step == self.fail_at:
+            raise KeyboardInterrupt
+
+    def end(self):
+        self.events.append(("end",))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_records_per_chunk(fast):
+    model = _marked() if fast else _two_groups()
+    recorder = _Recorder()
+    seen = []
+    solver = eb.Solver(
+        mse, progress=False, print_every=10, callbacks=(recorder, seen.append)
+    )
+    result = solver.run(model, key=jr.key(0), args=DATA)
+    records = recorder.records
+    assert [r.step for r in seen] == [r.step for r in records]
+    total = 50 if fast else 30
+    assert recorder.events[0] == ("start", 0, total)
+    assert recorder.events[-1] == ("end",)
+    steps = [r.step for r in records]
+    assert steps == sorted(steps) and steps[-1] == total
+    assert sum(r.steps for r in records) == total
+    assert all(r.end == total for r in records)
+    np.testing.assert_allclose([r.loss for r in records], result.history.loss)
+    # The last record's running statistics are those of the final posterior.
+    last = records[-1]
+    for name, group in last.groups.items():
+        diagnostics = result.posterior.diagnostics[name]
+        assert group.n_chains == 2
+        assert group.n_samples == diagnostics.acceptance_rate.shape[1]
+        np.testing.assert_allclose(
+            group.mean_acceptance_rate,
+            float(jnp.mean(diagnostics.acceptance_rate)),
+            rtol=1e-6,
+        )
+        if diagnostics.is_divergent is not None:
+            assert group.n_is_divergent == int(jnp.sum(diagnostics.is_divergent))
+            assert group.mean_energy is not None
+        else:
+            assert group.n_is_divergent is None and group.mean_energy is None
+    if not fast:
+        # Scalar groups report their running mean.
+        np.testing.assert_allclose(
+            last.groups["a"].mean, float(jnp.mean(result.posterior.samples.a)), 1e-6
+        )
+        np.testing.assert_allclose(
+            last.groups["slope"].mean,
+            float(jnp.mean(result.posterior.samples.b)),
+            rtol=1e-6,
+        )
+    metrics = last.metrics()
+    prefix = "posterior/Coefficients/" if fast else "posterior/a/"
+    assert metrics["step"] == total and metrics["loss"] == last.loss
+    for key in ("n_samples", "n_chains", "n_is_divergent", "mean_acceptance_rate"):
+        assert prefix + key in metrics
+    # A record before any draw: no statistics yet.
+    assert records[0].groups[next(iter(records[0].groups))].n_samples >= 0
+
+
+def test_callbacks_do_not_change_the_chain():
+    model = _marked()
+    plain = eb.Solver(mse, progress=False).run(model, key=jr.key(1), args=DATA)
+    watched = eb.Solver(mse, progress=True, callbacks=(lambda r: None,)).run(
+        model, key=jr.key(1), args=DATA
+    )
+    assert tree_equal(plain.posterior.samples, watched.posterior.samples)
+
+
+def test_end_is_called_when_a_run_fails():
+    recorder = _Recorder(fail_at=30)
+    solver = eb.Solver(mse, progress=False, print_every=10, callbacks=(recorder,))
+    with pytest.raises(KeyboardInterrupt):
+        solver.run(_marked(), key=jr.key(0), args=DATA)
+    assert recorder.events[-1] == ("end",)
+    assert [e for e in recorder.events if e[0] == "chunk"][-1] == ("chunk", 30)
+
+
+def _wandb_history(directory):
+    """The history rows of an offline wandb run, read from its `.wandb` file (a
+    LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = glob.glob(f"{directory}/wandb/offline-run-*/run-*.wandb")
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b":W&B"
+    block, pos, pending, rows = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        if pos + 7 + length > len(data):  # still being written
+            break
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {
+                        item.key or "/".join(item.nested_key): json.loads(
+                            item.value_json
+                        )
+                        for item in record.history.item
+                    }
+                )
+    return rows
+
+
+def test_wandb_logger_offline(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    recorder = _Recorder()
+    solver = eb.Solver(
+        mse,
+        progress=False,
+        print_every=10,
+        callbacks=(eb.callbacks.WandbLogger(), recorder),
+    )
+    run = wandb.init(project="eqbayes-test", dir=str(tmp_path))
+    try:
+        solver.run(_two_groups(), key=jr.key(0), args=DATA)
+    finally:
+        run.finish()
+    # wandb's service process writes the file asynchronously, also after `finish`.
+    deadline = time.monotonic() + 60
+    rows = _wandb_history(tmp_path)
+    while len(rows) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        rows = _wandb_history(tmp_path)
+    assert len(rows) == len(recorder.records) == 2
+    for row, record in zip(rows, recorder.records):
+        assert row["step"] == record.step
+        np.testing.assert_allclose(row["loss"], record.loss, rtol=1e-6)
+        for name in ("a", "slope"):
+            group = record.groups[name]
+            assert row[f"posterior/{name}/n_samples"] == group.n_samples
+            assert row[f"posterior/{name}/n_chains"] == 2
+        if record.groups["a"].n_samples:
+            assert (
+                row["posterior/a/n_is_divergent"] == record.groups["a"].n_is_divergent
+            )
+            np.testing.assert_allclose(
+                row["posterior/a/mean_energy"], record.groups["a"].mean_energy
+            )
+            np.testing.assert_allclose(
+                row["posterior/slope/mean_acceptance_rate"],
+                record.groups["slope"].mean_acceptance_rate,
+            )
+            np.testing.assert_allclose(
+                row["posterior/a/mean"], record.groups["a"].mean, rtol=1e-6
+            )
+            assert "posterior/slope/mean_energy" not in row  # MALA records none
+
+
+def test_bad_callbacks():
+    with pytest.raises(TypeError, match=re.escape("every callback must be callable")):
+        eb.Solver(mse, callbacks=(3,))
+    with pytest.raises(ValueError, match=re.escape("`every` must be a positive")):
+        eb.callbacks.Checkpoint("x.eqx", every=0)
+    with pytest.raises(ValueError, match=re.escape("needs `checkpoint=path`")):
+        eb.Solver(mse, progress=False).run(
+            _marked(), key=jr.key(0), args=DATA, checkpoint_every=10
+        )
+
+
+def test_wandb_logger_needs_a_run(monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setattr(wandb, "run", None)
+    solver = eb.Solver(mse, progress=False, callbacks=(eb.callbacks.WandbLogger(),))
+    with pytest.raises(RuntimeError, match=re.escape("no wandb run is active")):
+        solver.run(_marked(), key=jr.key(0), args=DATA)
