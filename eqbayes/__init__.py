@@ -6,7 +6,11 @@ and read the posterior chain, its diagnostics and predictive bands off the resul
 
 import importlib.metadata
 
-from . import diagnostics as diagnostics, priors as priors
+from . import (
+    diagnostics as diagnostics,
+    initializers as initializers,
+    priors as priors,
+)
 from ._mcmc import KernelDiagnostics as KernelDiagnostics
 from ._optax import OptaxGroup as OptaxGroup, optimise as optimise
 from ._posterior import History as History, Posterior as Posterior, Result as Result

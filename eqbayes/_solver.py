@@ -301,10 +301,19 @@ def _chain_losses(loss, model, args) -> Array:
 def _init_states(program: _Program, model, key, full, mini):
     leaves, treedef, gidx = _flatten(model)
     starts = {j: leaves[j].start(jr.fold_in(key, n)) for n, j in enumerate(gidx)}
-    new = list(leaves)
+    # Log-density-aware initializers run once, on the full data, each seeing the
+    # other groups at their starting values.
+    new, warm = list(leaves), dict(starts)
     for n, i in enumerate(gidx):
-        new[i] = leaves[i].initialise(
+        new[i], warm[i] = leaves[i].warm_start(
+            jr.fold_in(jr.fold_in(key, n), 2),
             starts[i],
+            _logdensity_for(program.loss, leaves, treedef, gidx, i, full),
+            {j: p for j, p in starts.items() if j != i and leaves[j].chained},
+        )
+    for n, i in enumerate(gidx):
+        new[i] = new[i].initialise(
+            warm[i],
             _logdensity_for(
                 program.loss,
                 leaves,
@@ -313,7 +322,7 @@ def _init_states(program: _Program, model, key, full, mini):
                 i,
                 mini if leaves[i].minibatched else full,
             ),
-            {j: p for j, p in starts.items() if j != i and leaves[j].chained},
+            {j: p for j, p in warm.items() if j != i and leaves[j].chained},
             jr.fold_in(jr.fold_in(key, n), 1),
         )
     opt_state = None

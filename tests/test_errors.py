@@ -257,10 +257,6 @@ def test_unknown_samples_and_strategy():
 
 
 def test_options_of_later_releases_say_so():
-    with pytest.raises(
-        NotImplementedError, match=re.escape("log-density-aware initialisers are not")
-    ):
-        eb.bayesian(MODEL, blackjax.nuts, init=object())
     with pytest.raises(NotImplementedError, match=re.escape("callbacks are not")):
         eb.Solver(mse, callbacks=(print,))
 
