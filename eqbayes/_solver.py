@@ -597,6 +597,8 @@ class Solver(eqx.Module):
             raise ValueError(_SUBSTEP_MISSING.format(names=missing))
         for group in groups:
             config = getattr(group, "config", None)
+            if config is not None and getattr(config, "init", None) is not None:
+                raise ValueError(_SUBSTEP_INIT.format(name=group.name))
             if config is not None and getattr(config, "adapts", False):
                 raise ValueError(_SUBSTEP_ADAPT.format(name=group.name))
 
@@ -897,6 +899,12 @@ _SUBSTEP_TWICE = (
 _SUBSTEP_MISSING = (
     "`Solver(..., substeps=...)`: the groups {names} are in no substep, so they "
     "would never move. Add them to a substep."
+)
+_SUBSTEP_INIT = (
+    "`Solver(..., substeps=...)`: group '{name}' has an initializer "
+    "(`eb.bayesian(..., init=...)`), but an initializer runs once on the full loss "
+    "while within substeps the group's kernel sees only its substep's loss. Drop "
+    "`init=` (start the group from values set in the model), or drop `substeps=`."
 )
 _SUBSTEP_ADAPT = (
     "`Solver(..., substeps=...)`: group '{name}' adapts its step size "

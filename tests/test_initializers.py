@@ -407,3 +407,100 @@ def test_bad_initializer_settings():
         ValueError, match=re.escape("`num_particles` must be at least `num_chains`")
     ):
         _init(model)
+
+
+# -- composition with masks, stochastic-gradient kernels and substeps -------------
+
+
+def _conditional_map_of_a(data, b0):
+    """The MAP of `a` with `b` held at `b0` (closed form)."""
+    f1, f2, y = (np.asarray(v, np.float64) for v in data)
+    precision = LIKELIHOOD_SCALE * 2 / f1.size * f1 @ f1 + 1 / 100
+    return LIKELIHOOD_SCALE * 2 / f1.size * f1 @ (y - b0 * f2) / precision, precision
+
+
+def test_masked_group_sees_only_its_subset():
+    """With `mask=`, the initializer's position is the masked subset (here `a`
+    only, `b` is None) and the unmasked complement stays at its value: Laplace's
+    start is the MAP of `a` given `b` there."""
+    data = sincos_data(correlated=True)
+    seen = []
+
+    class Spy(eb.initializers.AbstractInitializer):
+        def __call__(self, key, logdensity_fn, position, num_chains):
+            seen.append(position)
+            return eb.initializers.laplace()(key, logdensity_fn, position, num_chains)
+
+    model = eb.bayesian(
+        Coefficients(jnp.array(50.0), jnp.array(1.0)),
+        blackjax.nuts,
+        mask=Coefficients(True, False),
+        adapt=False,
+        warmup=0,
+        step_size=0.5,
+        keep=5,
+        likelihood_scale=LIKELIHOOD_SCALE,
+        init=Spy(),
+    )
+    state = _init(model, data)
+    assert seen[0].b is None and seen[0].a.shape == ()
+    a_map, precision = _conditional_map_of_a(data, 1.0)
+    start = eb.unwrap(state.model)
+    assert abs(float(start.a) - a_map) < 1e-3 / np.sqrt(precision)
+    assert float(start.b) == 1.0
+
+
+def data_mse(model, batch):
+    f1, f2, y = batch
+    return jnp.mean((model(f1, f2) - y) ** 2)
+
+
+def test_stochastic_gradient_kernel_gets_the_position_only(caplog):
+    """SGLD takes the warm position; the inverse mass matrix is dropped (logged).
+    The initializer runs on the full-data log density."""
+    model = eb.bayesian(
+        FAR,
+        blackjax.sgld,
+        step_size=1e-7,
+        warmup=0,
+        keep=5,
+        num_chains=2,
+        likelihood_scale=LIKELIHOOD_SCALE,
+        init=eb.initializers.laplace(),
+    )
+    solver = eb.Solver(data_mse, progress=False)
+    with caplog.at_level(logging.INFO, logger="eqbayes"):
+        state = solver.init(model, key=jr.key(0), data=DATA, batch_size=16)
+    assert "dropped inverse_mass_matrix (the kernel 'sgld' does not take it)" in (
+        caplog.text
+    )
+    group = state.model
+    assert "inverse_mass_matrix" not in group.arrays
+    start = group.positions()
+    assert np.all(np.abs(_z(jnp.stack([start.a, start.b], -1))) < 6)
+
+
+def test_initializer_inside_substeps_is_an_error():
+    model = eb.bayesian(
+        FAR,
+        blackjax.nuts,
+        where=lambda m: m.a,
+        adapt=False,
+        step_size=0.1,
+        init=eb.initializers.laplace(),
+        name="a",
+    )
+    model = eb.bayesian(
+        model, blackjax.nuts, where=lambda m: m.b, adapt=False, step_size=0.1, name="b"
+    )
+    solver = eb.Solver(
+        mse, substeps=[eb.Substep(mse, "a"), eb.Substep(mse, "b")], progress=False
+    )
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "group 'a' has an initializer (`eb.bayesian(..., init=...)`), but an "
+            "initializer runs once on the full loss"
+        ),
+    ):
+        solver.init(model, key=jr.key(0), args=DATA)
