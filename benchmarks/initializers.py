@@ -169,7 +169,16 @@ def run_case(case, warmup, keep, seed):
             to_target = t_prefix + n * per_draw
             cpu_to_target = c_prefix + n * cpu_per_draw
         rows.append(
-            (label, t_prefix, c_prefix, per_draw * 1e3, n, to_target, cpu_to_target)
+            (
+                label,
+                t_prefix,
+                c_prefix,
+                per_draw * 1e3,
+                n,
+                to_target,
+                cpu_to_target,
+                rhat_all,
+            )
         )
         print(
             f"  {case} {label}: warmup-part {t_prefix:.2f} s, {per_draw * 1e3:.2f} "
@@ -188,10 +197,10 @@ def print_table(case, warmup, keep, rows):
     print()
     print(
         "| initializer | init + initializer + warmup (s, wall / cpu) | per draw (ms) "
-        "| draws to target | time to target (s, wall / cpu) |"
+        "| draws to target | time to target (s, wall / cpu) | max R-hat, all draws |"
     )
-    print("|---|---|---|---|---|")
-    for label, t_prefix, c_prefix, ms, n, to_target, cpu_to in rows:
+    print("|---|---|---|---|---|---|")
+    for label, t_prefix, c_prefix, ms, n, to_target, cpu_to, rhat_all in rows:
         target = (
             f"not within {keep} draws"
             if to_target is None
@@ -199,7 +208,8 @@ def print_table(case, warmup, keep, rows):
         )
         print(
             f"| {label} | {t_prefix:.2f} / {c_prefix:.2f} | {ms:.2f} | "
-            f"{n if n is not None else '> ' + str(keep)} | {target} |"
+            f"{n if n is not None else '> ' + str(keep)} | {target} | "
+            f"{rhat_all:.4f} |"
         )
     print(flush=True)
 

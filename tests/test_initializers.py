@@ -28,6 +28,12 @@ INITIALIZERS = {
 }
 
 
+def _far(**kwargs):
+    """NUTS from a = b = 50 with no adaptation and no warmup."""
+    settings = dict(adapt=False, warmup=0, likelihood_scale=LIKELIHOOD_SCALE)
+    return eb.bayesian(FAR, blackjax.nuts, **(settings | kwargs))
+
+
 def _init(model, data=DATA, key=jr.key(0)):
     return eb.Solver(mse, progress=False).init(model, key=key, args=data)
 
@@ -51,15 +57,10 @@ def test_far_start(name):
     # variances, so the step size is in posterior sds; SVGD and no initializer keep
     # the identity, so it is in the parameters' units (sd ≈ 0.014).
     step_size = 0.5 if name in ("pathfinder", "laplace") else 0.01
-    model = eb.bayesian(
-        FAR,
-        blackjax.nuts,
-        adapt=False,
-        warmup=0,
+    model = _far(
         keep=500,
         num_chains=4,
         step_size=step_size,
-        likelihood_scale=LIKELIHOOD_SCALE,
         init=init,
     )
     samples = _run(model).posterior.samples
@@ -81,14 +82,9 @@ def test_far_start(name):
 def test_laplace_is_exact_on_a_gaussian_posterior(num_chains):
     """The diagonal Laplace inverse mass matrix is the posterior variances (the
     problem is uncorrelated); one chain starts at the posterior mean (the MAP)."""
-    model = eb.bayesian(
-        FAR,
-        blackjax.nuts,
-        adapt=False,
-        warmup=0,
+    model = _far(
         step_size=0.5,
         num_chains=num_chains,
-        likelihood_scale=LIKELIHOOD_SCALE,
         init=eb.initializers.laplace(),
     )
     state = _init(model).model.state
@@ -112,26 +108,16 @@ def test_full_laplace_on_a_correlated_posterior(dense_limit):
     time."""
     data = sincos_data(correlated=True)
     _, cov = exact_posterior(*data)
-    model = eb.bayesian(
-        FAR,
-        blackjax.nuts,
-        adapt=False,
-        warmup=0,
+    model = _far(
         step_size=0.5,
-        likelihood_scale=LIKELIHOOD_SCALE,
         init=eb.initializers.laplace("full", dense_limit=dense_limit),
     )
     imm = np.asarray(_init(model, data).model.state.inverse_mass_matrix)
     assert imm.shape == (2, 2)
     np.testing.assert_allclose(imm, cov, rtol=0.05)
     diagonal = eb.initializers.laplace("diagonal", dense_limit=dense_limit)
-    model = eb.bayesian(
-        FAR,
-        blackjax.nuts,
-        adapt=False,
-        warmup=0,
+    model = _far(
         step_size=0.5,
-        likelihood_scale=LIKELIHOOD_SCALE,
         init=diagonal,
     )
     imm = np.asarray(_init(model, data).model.state.inverse_mass_matrix)
@@ -249,13 +235,8 @@ def test_user_written_initializer_and_dropped_keys(caplog):
 
     # A step size from the initializer replaces the user's.
     init = ConstantStart(3.0, -2.7, kernel_kwargs=(("step_size", 0.25),))
-    model = eb.bayesian(
-        FAR,
-        blackjax.nuts,
-        adapt=False,
-        warmup=0,
+    model = _far(
         step_size=0.01,
-        likelihood_scale=LIKELIHOOD_SCALE,
         init=init,
     )
     assert _init(model).model.state.step_size == 0.25
