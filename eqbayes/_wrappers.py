@@ -779,6 +779,9 @@ def bayesian(
         adaptation follows from there (starting from the initializer's inverse
         mass matrix, which its slow windows re-estimate); with `adapt=False` (or
         `warmup=0`) the initializer's settings and your `step_size` are used.
+        With `mask=` it sees only the masked leaves; settings the kernel does not
+        take (an inverse mass matrix for MALA or SGLD) are dropped, with a log
+        line. Not available for groups inside `Solver(..., substeps=...)`.
     - `name`: the group's name in diagnostics and logs; defaults to the `where`
         path (`"layers[2]"`) or the model's class name.
     - `**kernel_kwargs`: forwarded to `kernel`, e.g. `step_size=1e-2`,
