@@ -9,6 +9,7 @@ import importlib.metadata
 from . import (
     callbacks as callbacks,
     diagnostics as diagnostics,
+    initializers as initializers,
     plot as plot,
     priors as priors,
 )

@@ -65,6 +65,8 @@ class MCMCConfig:
     likelihood_scale: float
     step_size: float | None
     static_kwargs: tuple[tuple[str, Any], ...]
+    # A log-density-aware initializer (`eqbayes.initializers`), or None.
+    init: Any = None
 
     @property
     def adapts(self) -> bool:
@@ -146,13 +148,14 @@ def _step_kernel(spec: KernelSpec, algorithm, step_kwargs, key, state):
 def initial_positions(
     position: ArrayTree, config: MCMCConfig, key: PRNGKeyArray
 ) -> ArrayTree:
-    """K copies of the position, jittered by `init_jitter` when it is positive."""
+    """K copies of the position, jittered by `init_jitter` when it is positive
+    (and no initializer replaces them)."""
     leaves, treedef = jax.tree.flatten(position)
     keys = jr.split(key, len(leaves))
     out = []
     for leaf, k in zip(leaves, keys):
         stacked = jnp.broadcast_to(leaf, (config.num_chains, *leaf.shape))
-        if config.init_jitter > 0:
+        if config.init_jitter > 0 and config.init is None:
             noise = jr.normal(k, stacked.shape, leaf.dtype)
             stacked = stacked + config.init_jitter * noise
         out.append(stacked)
@@ -184,7 +187,8 @@ def init_state(
     """Builds the group's state from its K starting positions (chain axis first).
 
     `logdensity_for` and `others` are as in `step_state`; `key` seeds kernels
-    whose initial state is random (SGNHT's momentum).
+    whose initial state is random (SGNHT's momentum). A `step_size` in `arrays`
+    (set by an initializer) replaces the configured one.
     """
     one = jax.tree.map(lambda x: x[0], positions)
     dtype = jax.tree.leaves(one)[0].dtype
@@ -193,7 +197,7 @@ def init_state(
     step_size = None
     if spec.takes_step_size:
         initial = 1.0 if config.step_size is None else config.step_size
-        step_size = jnp.asarray(initial, dtype)
+        step_size = jnp.asarray(arrays.get("step_size", initial), dtype)
     imm = None
     if "inverse_mass_matrix" in spec.parameters:
         imm = arrays.get("inverse_mass_matrix", jnp.ones(flat.size, dtype))

@@ -317,10 +317,19 @@ def _chain_losses(loss, model, args) -> Array:
 def _init_states(program: _Program, model, key, full, mini):
     leaves, treedef, gidx = _flatten(model)
     starts = {j: leaves[j].start(jr.fold_in(key, n)) for n, j in enumerate(gidx)}
-    new = list(leaves)
+    # Log-density-aware initializers run once, on the full data, each seeing the
+    # other groups at their starting values.
+    new, warm = list(leaves), dict(starts)
     for n, i in enumerate(gidx):
-        new[i] = leaves[i].initialise(
+        new[i], warm[i] = leaves[i].warm_start(
+            jr.fold_in(jr.fold_in(key, n), 2),
             starts[i],
+            _logdensity_for(program.loss, leaves, treedef, gidx, i, full),
+            {j: p for j, p in starts.items() if j != i and leaves[j].chained},
+        )
+    for n, i in enumerate(gidx):
+        new[i] = new[i].initialise(
+            warm[i],
             _logdensity_for(
                 program.loss,
                 leaves,
@@ -329,7 +338,7 @@ def _init_states(program: _Program, model, key, full, mini):
                 i,
                 mini if leaves[i].minibatched else full,
             ),
-            {j: p for j, p in starts.items() if j != i and leaves[j].chained},
+            {j: p for j, p in warm.items() if j != i and leaves[j].chained},
             jr.fold_in(jr.fold_in(key, n), 1),
         )
     opt_state = None
@@ -598,6 +607,8 @@ class Solver(eqx.Module):
             raise ValueError(_SUBSTEP_MISSING.format(names=missing))
         for group in groups:
             config = getattr(group, "config", None)
+            if config is not None and getattr(config, "init", None) is not None:
+                raise ValueError(_SUBSTEP_INIT.format(name=group.name))
             if config is not None and getattr(config, "adapts", False):
                 raise ValueError(_SUBSTEP_ADAPT.format(name=group.name))
 
@@ -971,6 +982,12 @@ _SUBSTEP_TWICE = (
 _SUBSTEP_MISSING = (
     "`Solver(..., substeps=...)`: the groups {names} are in no substep, so they "
     "would never move. Add them to a substep."
+)
+_SUBSTEP_INIT = (
+    "`Solver(..., substeps=...)`: group '{name}' has an initializer "
+    "(`eb.bayesian(..., init=...)`), but an initializer runs once on the full loss "
+    "while within substeps the group's kernel sees only its substep's loss. Drop "
+    "`init=` (start the group from values set in the model), or drop `substeps=`."
 )
 _SUBSTEP_ADAPT = (
     "`Solver(..., substeps=...)`: group '{name}' adapts its step size "

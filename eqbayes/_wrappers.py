@@ -1,6 +1,7 @@
 """Marking: the wrappers that live inside the user's model, and `unwrap`."""
 
 import abc
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable
@@ -18,8 +19,14 @@ from . import _mcmc, priors as _priors
 from ._custom_types import ArrayTree
 from ._kernels import check_kernel_kwargs, kernel_spec, position_of
 from ._mcmc import MCMCConfig, MCMCState
+from .initializers import check_initializer, run_initializer
 
 
+_INIT_IMM_SHAPE = (
+    "The initializer `{init}` of group '{name}' returned an inverse mass matrix of "
+    "shape {shape}; the group has {d} sampled components, so it must have shape "
+    "({d},) (diagonal) or ({d}, {d}) (dense)."
+)
 _IMM_SHAPE = (
     "`eb.bayesian(..., inverse_mass_matrix=...)` for group '{name}': the group has "
     "{d} sampled components, so the inverse mass matrix must have shape ({d},) "
@@ -99,6 +106,19 @@ class AbstractGroup(eqx.Module):
     def start(self, key: Any) -> ArrayTree:
         """The K starting positions (chain axis first)."""
 
+    def warm_start(
+        self, key, positions, logdensity_for, others
+    ) -> tuple["AbstractGroup", ArrayTree]:
+        """Runs the group's log-density-aware initializer, if it has one, on its log
+        density with the other groups at `others` (their starting positions).
+
+        **Returns:**
+
+        The group (carrying the initializer's kernel settings) and its K starting
+        positions. By default: the group and `positions`, unchanged.
+        """
+        return self, positions
+
     @abc.abstractmethod
     def initialise(self, positions, logdensity_for, others, key) -> "AbstractGroup":
         """The group with its solver state built from `positions`."""
@@ -130,6 +150,14 @@ class AbstractGroup(eqx.Module):
         """Raises a clear error if the group cannot start a solve."""
 
 
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """What a group's initializer set (static, for the adaptation and the log)."""
+
+    used: tuple[str, ...]  # kernel keyword arguments taken from the initializer
+    dropped: tuple[str, ...]  # ... and those the kernel does not take
+
+
 class BayesianLeaf(AbstractGroup):
     """A sub-tree whose floating-point leaves are sampled by an MCMC kernel.
 
@@ -144,6 +172,7 @@ class BayesianLeaf(AbstractGroup):
     name: str = eqx.field(static=True)
     arrays: dict[str, Array]
     state: MCMCState | None = None
+    warm: WarmStart | None = eqx.field(static=True, default=None)
 
     def current(self) -> PyTree:
         if self.state is None:
@@ -170,6 +199,40 @@ class BayesianLeaf(AbstractGroup):
 
     def start(self, key):
         return _mcmc.initial_positions(self.initial_position(), self.config, key)
+
+    def warm_start(self, key, positions, logdensity_for, others):
+        init = self.config.init
+        if init is None:
+            return self, positions
+        first = jax.tree.map(lambda x: x[0], (positions, others))
+        positions, update = run_initializer(
+            init,
+            key,
+            logdensity_for(first[1]),
+            first[0],
+            self.config.num_chains,
+            self.name,
+        )
+        spec = self.config.kernel
+        used = {k: v for k, v in update.items() if spec.accepts(k)}
+        imm = used.get("inverse_mass_matrix")
+        if imm is not None:
+            d = jax.flatten_util.ravel_pytree(first[0])[0].size
+            if imm.shape not in ((d,), (d, d)):
+                raise ValueError(
+                    _INIT_IMM_SHAPE.format(
+                        init=type(init).__name__, name=self.name, d=d, shape=imm.shape
+                    )
+                )
+        warm = WarmStart(tuple(sorted(used)), tuple(sorted(set(update) - set(used))))
+        group = BayesianLeaf(
+            value=self.value,
+            config=self.config,
+            name=self.name,
+            arrays={**self.arrays, **used},
+            warm=warm,
+        )
+        return group, positions
 
     def initialise(self, positions, logdensity_for, others, key):
         state = _mcmc.init_state(
@@ -252,9 +315,29 @@ class BayesianLeaf(AbstractGroup):
             recorded = "none (the kernel's info has none)"
         return (
             f"Group '{self.name}': Bayesian sampling with '{config.kernel.name}' "
-            f"({config.kernel.family} MCMC), K={config.num_chains} chain(s), {warm}, "
-            f"keep {config.keep}, thin {config.thin}; diagnostics: {recorded}"
+            f"({config.kernel.family} MCMC), K={config.num_chains} chain(s), "
+            f"{self._describe_init()}{warm}, keep {config.keep}, thin {config.thin}; "
+            f"diagnostics: {recorded}"
         )
+
+    def _describe_init(self) -> str:
+        init = self.config.init
+        if init is None:
+            return ""
+        parts = [f"started by the initializer {type(init).__name__}"]
+        if self.warm is not None and self.warm.used:
+            parts.append(f"which sets {', '.join(self.warm.used)}")
+        if self.config.init_jitter > 0:
+            parts.append(
+                f"init_jitter={self.config.init_jitter} is ignored (the initializer "
+                "sets the chains' starting points)"
+            )
+        if self.warm is not None and self.warm.dropped:
+            parts.append(
+                f"dropped {', '.join(self.warm.dropped)} (the kernel "
+                f"'{self.config.kernel.name}' does not take it)"
+            )
+        return "; ".join(parts) + "; "
 
 
 def is_group(x: Any) -> bool:
@@ -692,7 +775,18 @@ def bayesian(
     - `likelihood_scale`: the factor on the loss. For a mean-squared-error loss
         over N points with Gaussian noise σ, `N / (2 σ²)` makes the log density
         the exact Gaussian log-likelihood.
-    - `init`: reserved for log-density-aware initialisers (not available yet).
+    - `init`: a log-density-aware initializer from [`eqbayes.initializers`][]
+        (`pathfinder()`, `laplace()`, `svgd()`, or your own
+        [`eqbayes.initializers.AbstractInitializer`][]). It runs once in
+        `Solver.init` on the group's log density (other groups at their starting
+        values) and sets the chains' starting positions (`init_jitter` is then
+        ignored) and possibly the inverse mass matrix. With `adapt=True` window
+        adaptation follows from there (starting from the initializer's inverse
+        mass matrix, which its slow windows re-estimate); with `adapt=False` (or
+        `warmup=0`) the initializer's settings and your `step_size` are used.
+        With `mask=` it sees only the masked leaves; settings the kernel does not
+        take (an inverse mass matrix for MALA or SGLD) are dropped, with a log
+        line. Not available for groups inside `Solver(..., substeps=...)`.
     - `name`: the group's name in diagnostics and logs; defaults to the `where`
         path (`"layers[2]"`) or the model's class name.
     - `**kernel_kwargs`: forwarded to `kernel`, e.g. `step_size=1e-2`,
@@ -717,12 +811,7 @@ def bayesian(
     """
 
     def make(subtree: PyTree, group_name: str) -> BayesianLeaf:
-        if init is not None:
-            raise NotImplementedError(
-                _NOT_YET.format(
-                    arg="init", name=group_name, what="log-density-aware initialisers"
-                )
-            )
+        the_init = None if init is None else check_initializer(init, group_name)
         spec = kernel_spec(kernel, group_name)
         w = _check_int(warmup, "warmup", group_name, 0, "Use `warmup=0` for none.")
         k = _check_int(keep, "keep", group_name, 1, "Keep at least one draw.")
@@ -814,6 +903,7 @@ def bayesian(
             likelihood_scale=scale,
             step_size=step_size,
             static_kwargs=tuple(static),
+            init=the_init,
         )
         return BayesianLeaf(
             value=subtree, config=config, name=group_name, arrays=arrays

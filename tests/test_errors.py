@@ -256,13 +256,6 @@ def test_unknown_samples_and_strategy():
         eb.rhat(jnp.ones((1, 10)), strategy="multichain")
 
 
-def test_options_of_later_releases_say_so():
-    with pytest.raises(
-        NotImplementedError, match=re.escape("log-density-aware initialisers are not")
-    ):
-        eb.bayesian(MODEL, blackjax.nuts, init=object())
-
-
 def test_bad_steps_and_predict_batch_size():
     model = eb.bayesian(MODEL, blackjax.nuts, warmup=10, keep=10)
     with pytest.raises(
