@@ -297,6 +297,15 @@ def _chain_losses(loss, model, args) -> Array:
     )
 
 
+def _records(loss, model, args):
+    """What the history keeps at the end of a chunk: the loss (mean over chains)
+    and the variational groups' negative ELBO."""
+    neg_elbo = {
+        g.name: g.neg_elbo() for g in _groups(model) if g.neg_elbo() is not None
+    }
+    return jnp.mean(_chain_losses(loss, model, args)), neg_elbo
+
+
 @eqx.filter_jit
 def _init_states(program: _Program, model, key, full, mini):
     leaves, treedef, gidx = _flatten(model)
@@ -358,7 +367,7 @@ def _run_general(program, state, args, data, num_steps):
 
     state = _fori(num_steps, body, state)
     full, _ = _loss_args(args, data, None)
-    return state, jnp.mean(_chain_losses(program.loss, state.model, full))
+    return state, _records(program.loss, state.model, full)
 
 
 @eqx.filter_jit
@@ -380,7 +389,7 @@ def _run_fast(program, state, args, data, num_warmup, num_sample):
 
     state = _fori(num_sample, sample, _fori(num_warmup, warm, state))
     full, _ = _loss_args(args, data, None)
-    return state, jnp.mean(_chain_losses(program.loss, state.model, full))
+    return state, _records(program.loss, state.model, full)
 
 
 # -- the public Solver ----------------------------------------------------------
@@ -544,6 +553,8 @@ class Solver(eqx.Module):
             raise ValueError(_NO_GROUPS)
         for group in groups:
             group.check()
+        for group in groups:
+            group.check_with(groups)
         chains = {g.name: g.num_chains for g in groups if g.chained}
         if len(set(chains.values())) > 1:
             detail = ", ".join(f"'{n}' has num_chains={k}" for n, k in chains.items())
@@ -710,7 +721,14 @@ class Solver(eqx.Module):
         }
         if history is None:
             history = History(jnp.zeros((0,)), {})
-        return Result(plain, Posterior(samples, diagnostics, plain), history)
+        variational = {
+            g.name: g.approximation()
+            for g in _groups(state.model)
+            if g.approximation() is not None
+        }
+        return Result(
+            plain, Posterior(samples, diagnostics, plain), history, variational
+        )
 
     # -- run ------------------------------------------------------------------------
 
@@ -789,7 +807,7 @@ class Solver(eqx.Module):
         else:  # nobody is watching: one dispatch for the whole solve
             chunk = steps
         fast = len(schedules) == 1 and done == 0 and steps == needed
-        losses = []
+        records = []
         with _logging_around(bar):
             if fast:
                 ((warmup, keep, thin),) = schedules
@@ -802,7 +820,7 @@ class Solver(eqx.Module):
                 for start in range(0, keep, per_chunk):
                     n = min(per_chunk, keep - start)
                     n_warm = warmup if start == 0 else 0
-                    state, loss = _run_fast(
+                    state, record = _run_fast(
                         program,
                         state,
                         args,
@@ -810,7 +828,7 @@ class Solver(eqx.Module):
                         jnp.asarray(n_warm),
                         jnp.asarray(n * thin),
                     )
-                    losses.append(np.asarray(loss))  # one host transfer per chunk
+                    records.append(jax.device_get(record))  # one transfer per chunk
                     _advance(bar, n_warm + n * thin)
             else:
                 logger.info(
@@ -820,20 +838,36 @@ class Solver(eqx.Module):
                 )
                 for start in range(0, steps, chunk):
                     n = min(chunk, steps - start)
-                    state, loss = _run_general(
+                    state, record = _run_general(
                         program, state, args, data, jnp.asarray(n)
                     )
-                    losses.append(np.asarray(loss))  # one host transfer per chunk
+                    records.append(jax.device_get(record))  # one transfer per chunk
                     _advance(bar, n)
-        history = History(
-            jnp.asarray(np.stack(losses)) if losses else jnp.zeros((0,)), {}
-        )
+        history = _history(records)
         assert state is not None
         result = self.result(state, history)
         if logger.isEnabledFor(logging.INFO):
             for name, diagnostics in result.posterior.diagnostics.items():
-                logger.info(_summarise(name, diagnostics))
+                if name in result.history.neg_elbo:
+                    neg_elbo = float(result.history.neg_elbo[name][-1])
+                    logger.info(f"Group '{name}': final -ELBO estimate {neg_elbo:.6g}")
+                else:
+                    logger.info(_summarise(name, diagnostics))
         return result
+
+
+def _history(records: list) -> History:
+    """The per-chunk `(loss, {name: neg_elbo})` records as a `History`."""
+    if not records:
+        return History(jnp.zeros((0,)), {})
+    losses, neg_elbos = zip(*records)
+    return History(
+        jnp.asarray(np.stack(losses)),
+        {
+            name: jnp.asarray(np.stack([r[name] for r in neg_elbos]))
+            for name in neg_elbos[0]
+        },
+    )
 
 
 def _check_data(data, batch_size, groups, optimizer: bool):
