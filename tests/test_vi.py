@@ -268,6 +268,7 @@ def test_vi_on_part_of_an_mlp_with_frozen_rest():
 
 
 def test_logging(caplog):
+    assert "variational fit with 'meanfield_vi'" in _marked().describe()  # pre-init
     with caplog.at_level(logging.INFO, logger="eqbayes"):
         eb.Solver(mse, progress=False).run(
             _marked(), steps=10, key=jr.key(0), args=DATA
