@@ -1,7 +1,8 @@
 """eqbayes: Bayesian parts for ordinary Equinox models.
 
-Mark a sub-tree of an `eqx.Module` with `eb.bayesian(...)`, run `eb.Solver(loss)`,
-and read the posterior chain, its diagnostics and predictive bands off the result.
+Mark a sub-tree of an `eqx.Module` with `eb.bayesian(...)` (or fit it with
+`eb.vi(...)`), run `eb.Solver(loss)`, and read the posterior chain, its diagnostics
+and predictive bands off the result.
 """
 
 import importlib.metadata
@@ -19,6 +20,13 @@ from ._optax import OptaxGroup as OptaxGroup, optimise as optimise
 from ._posterior import History as History, Posterior as Posterior, Result as Result
 from ._solver import Solver as Solver, SolverState as SolverState, Substep as Substep
 from ._summary import Summary as Summary
+from ._vi import (
+    AbstractGaussianApproximation as AbstractGaussianApproximation,
+    FullRankGaussian as FullRankGaussian,
+    MeanFieldGaussian as MeanFieldGaussian,
+    vi as vi,
+    VIGroup as VIGroup,
+)
 from ._wrappers import (
     bayesian as bayesian,
     BayesianLeaf as BayesianLeaf,

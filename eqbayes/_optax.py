@@ -2,7 +2,7 @@
 `Solver(optimizer=...)` use."""
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -104,6 +104,8 @@ class OptaxGroup(AbstractGroup):
     chains: Chains = eqx.field(static=True)
     name: str = eqx.field(static=True)
     state: OptaxState | None = None
+
+    marked_with: ClassVar[str] = "eb.optimise"
 
     @property
     def chained(self) -> bool:

@@ -207,8 +207,12 @@ class Result(eqx.Module):
     - `model`: the plain model: sampled leaves at chain 0's last draw.
     - `posterior`: a [`eqbayes.Posterior`][].
     - `history`: a [`eqbayes.History`][].
+    - `variational`: `{group name: fitted q}` for the variational groups
+        ([`eqbayes.MeanFieldGaussian`][] or [`eqbayes.FullRankGaussian`][]); empty
+        when there are none.
     """
 
     model: PyTree
     posterior: Posterior
     history: History
+    variational: dict[str, Any] = eqx.field(default_factory=dict)

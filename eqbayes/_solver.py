@@ -313,6 +313,15 @@ def _chain_losses(loss, model, args) -> Array:
     )
 
 
+def _records(loss, model, args):
+    """What the history keeps at the end of a chunk: the loss (mean over chains)
+    and the variational groups' negative ELBO."""
+    neg_elbo = {
+        g.name: g.neg_elbo() for g in _groups(model) if g.neg_elbo() is not None
+    }
+    return jnp.mean(_chain_losses(loss, model, args)), neg_elbo
+
+
 @eqx.filter_jit
 def _init_states(program: _Program, model, key, full, mini):
     leaves, treedef, gidx = _flatten(model)
@@ -383,7 +392,7 @@ def _run_general(program, state, args, data, num_steps):
 
     state = _fori(num_steps, body, state)
     full, _ = _loss_args(args, data, None)
-    return state, jnp.mean(_chain_losses(program.loss, state.model, full))
+    return state, _records(program.loss, state.model, full)
 
 
 @eqx.filter_jit
@@ -405,7 +414,7 @@ def _run_fast(program, state, args, data, num_warmup, num_sample):
 
     state = _fori(num_sample, sample, _fori(num_warmup, warm, state))
     full, _ = _loss_args(args, data, None)
-    return state, jnp.mean(_chain_losses(program.loss, state.model, full))
+    return state, _records(program.loss, state.model, full)
 
 
 # -- the public Solver ----------------------------------------------------------
@@ -556,6 +565,8 @@ class Solver(eqx.Module):
             raise ValueError(_NO_GROUPS)
         for group in groups:
             group.check()
+        for group in groups:
+            group.check_with(groups)
         chains = {g.name: g.num_chains for g in groups if g.chained}
         if len(set(chains.values())) > 1:
             detail = ", ".join(f"'{n}' has num_chains={k}" for n, k in chains.items())
@@ -737,7 +748,14 @@ class Solver(eqx.Module):
         if history is None:
             history = History(jnp.zeros((0,)), {})
         labels = group_labels(plain, state.model)
-        return Result(plain, Posterior(samples, diagnostics, plain, labels), history)
+        variational = {
+            g.name: g.approximation()
+            for g in _groups(state.model)
+            if g.approximation() is not None
+        }
+        return Result(
+            plain, Posterior(samples, diagnostics, plain, labels), history, variational
+        )
 
     # -- run ------------------------------------------------------------------------
 
@@ -851,22 +869,24 @@ class Solver(eqx.Module):
             if checkpoint_every is not None and self.print_every is None:
                 chunk = min(chunk, checkpoint_every)
         fast = len(schedules) == 1 and done == 0 and steps == needed
-        losses = []
+        records = []
         pending = []
 
-        def tell(state, loss, n):
-            losses.append(np.asarray(loss))  # one host transfer per chunk
+        def tell(state, record, n):
+            record = jax.device_get(record)  # one host transfer per chunk
+            records.append(record)
             if callbacks:
-                record = chunk_record(state, losses[-1], n, done + steps)
+                loss, neg_elbo = record
+                chunk = chunk_record(state, loss, n, done + steps, neg_elbo)
                 for callback in callbacks:
-                    callback(record)
+                    callback(chunk)
 
-        def report(state, loss, n):
+        def report(state, record, n):
             # The previous chunk is handed over once this one is dispatched, so
             # the host's work (callbacks, checkpoints) overlaps the device's.
             if pending:
                 tell(*pending.pop())
-            pending.append((state, loss, n))
+            pending.append((state, record, n))
 
         with _running(callbacks, done, done + steps), _sharding.using(mesh):
             if fast:
@@ -880,7 +900,7 @@ class Solver(eqx.Module):
                 for start in range(0, keep, per_chunk):
                     n = min(per_chunk, keep - start)
                     n_warm = warmup if start == 0 else 0
-                    state, loss = _run_fast(
+                    state, record = _run_fast(
                         program,
                         state,
                         args,
@@ -888,7 +908,7 @@ class Solver(eqx.Module):
                         jnp.asarray(n_warm),
                         jnp.asarray(n * thin),
                     )
-                    report(state, loss, n_warm + n * thin)
+                    report(state, record, n_warm + n * thin)
             else:
                 logger.info(
                     f"General path: {steps} steps in chunks of {chunk} "
@@ -897,20 +917,22 @@ class Solver(eqx.Module):
                 )
                 for start in range(0, steps, chunk):
                     n = min(chunk, steps - start)
-                    state, loss = _run_general(
+                    state, record = _run_general(
                         program, state, args, data, jnp.asarray(n)
                     )
-                    report(state, loss, n)
+                    report(state, record, n)
             if pending:
                 tell(*pending.pop())
-        history = History(
-            jnp.asarray(np.stack(losses)) if losses else jnp.zeros((0,)), {}
-        )
+        history = _history(records)
         assert state is not None
         result = self.result(state, history)
         if logger.isEnabledFor(logging.INFO):
             for name, diagnostics in result.posterior.diagnostics.items():
-                logger.info(diagnostics_line(name, diagnostics))
+                if name in result.history.neg_elbo:
+                    neg_elbo = float(result.history.neg_elbo[name][-1])
+                    logger.info(f"Group '{name}': final -ELBO estimate {neg_elbo:.6g}")
+                else:
+                    logger.info(diagnostics_line(name, diagnostics))
         return result
 
 
@@ -928,6 +950,20 @@ def _place_state(state: SolverState, mesh: Mesh) -> SolverState:
     )
     model = _sharding.place_model(state.model, mesh)
     return SolverState(model, step, key, opt_state, order, state.batch_size)
+
+
+def _history(records: list) -> History:
+    """The per-chunk `(loss, {name: neg_elbo})` records as a `History`."""
+    if not records:
+        return History(jnp.zeros((0,)), {})
+    losses, neg_elbos = zip(*records)
+    return History(
+        jnp.asarray(np.stack(losses)),
+        {
+            name: jnp.asarray(np.stack([r[name] for r in neg_elbos]))
+            for name in neg_elbos[0]
+        },
+    )
 
 
 def _check_data(data, batch_size, groups, optimizer: bool):

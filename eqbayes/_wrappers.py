@@ -4,8 +4,8 @@ import abc
 import dataclasses
 import math
 import numbers
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -50,6 +50,8 @@ class AbstractGroup(eqx.Module):
 
     value: eqx.AbstractVar[PyTree]
     name: eqx.AbstractVar[str]
+    #: The call that makes this kind of group, for error messages (`eb.bayesian`).
+    marked_with: eqx.AbstractClassVar[str]
 
     # -- the plain sub-tree -----------------------------------------------------------
 
@@ -149,6 +151,20 @@ class AbstractGroup(eqx.Module):
     def check(self) -> None:
         """Raises a clear error if the group cannot start a solve."""
 
+    def check_with(self, groups: Sequence["AbstractGroup"]) -> None:
+        """Raises a clear error if the group cannot be solved beside `groups` (every
+        group of the solve, itself included)."""
+
+    # -- what the result collects (groups without these return None) -------------
+
+    def neg_elbo(self) -> Any:
+        """The group's latest negative-ELBO estimate (variational groups), or None."""
+        return None
+
+    def approximation(self) -> Any:
+        """The group's fitted variational distribution, or None."""
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class WarmStart:
@@ -173,6 +189,8 @@ class BayesianLeaf(AbstractGroup):
     arrays: dict[str, Array]
     state: MCMCState | None = None
     warm: WarmStart | None = eqx.field(static=True, default=None)
+
+    marked_with: ClassVar[str] = "eb.bayesian"
 
     def current(self) -> PyTree:
         if self.state is None:
@@ -469,8 +487,10 @@ _WHERE_EMPTY = (
 )
 _OVERLAP = (
     "`eb.{fn}(..., where=...)` for group '{name}': the selected sub-tree overlaps "
-    "the group '{other}' that is already marked. A leaf can belong to one group "
-    "only; select disjoint sub-trees."
+    "the group '{other}' that is already marked with `{other_fn}`. A leaf can "
+    "belong to one group only (a sub-tree is sampled with `eb.bayesian` or fitted "
+    "with `eb.vi`, never both); select disjoint sub-trees, or mark again from "
+    "`eb.unwrap(model)`."
 )
 _WHERE_FAILED = (
     "`eb.{fn}(..., where=...)`: calling `where` on the (unwrapped) model failed with "
@@ -588,13 +608,6 @@ def mark(
         flags = _mask_flags(mask, subtree, fn, name)
         if not any(flags):
             raise ValueError(_MASK_EMPTY.format(fn=fn, name=name))
-    for _, other in existing:
-        for group in other.groups if _is_masked(other) else (other,):
-            if group.name == name:
-                raise ValueError(
-                    f"`eb.{fn}(..., name={name!r})`: a group named '{name}' already "
-                    "exists in this model. Give each group its own `name=`."
-                )
     for other_path, other in existing:
         if other is host:
             continue
@@ -603,7 +616,18 @@ def mark(
             if _is_masked(other):
                 others = ", ".join(f"'{g.name}'" for g in other.groups)
                 raise ValueError(_MASK_NESTED.format(fn=fn, name=name, others=others))
-            raise ValueError(_OVERLAP.format(fn=fn, name=name, other=other.name))
+            raise ValueError(
+                _OVERLAP.format(
+                    fn=fn, name=name, other=other.name, other_fn=other.marked_with
+                )
+            )
+    for _, other in existing:
+        for group in other.groups if _is_masked(other) else (other,):
+            if group.name == name:
+                raise ValueError(
+                    f"`eb.{fn}(..., name={name!r})`: a group named '{name}' already "
+                    "exists in this model. Give each group its own `name=`."
+                )
     if flags is None:
         node = make(subtree, name)
     else:
@@ -647,15 +671,15 @@ _NEED_STEP_SIZE = (
     "{why} Pass e.g. `step_size=1e-2`."
 )
 _INT_ARG = (
-    "`eb.bayesian(..., {arg}={value!r})` for group '{name}': `{arg}` must be an "
+    "`eb.{fn}(..., {arg}={value!r})` for group '{name}': `{arg}` must be an "
     "integer {bound}; got {value!r} of type `{type}`. {fix}"
 )
 _FLOAT_ARG = (
-    "`eb.bayesian(..., {arg}={value!r})` for group '{name}': `{arg}` must be a "
+    "`eb.{fn}(..., {arg}={value!r})` for group '{name}': `{arg}` must be a "
     "finite number {bound}; got {value!r} of type `{type}`. {fix}"
 )
 _PRIOR = (
-    "`eb.bayesian(..., prior={prior!r})` for group '{name}': a prior must be a "
+    "`eb.{fn}(..., prior={prior!r})` for group '{name}': a prior must be a "
     "hashable callable `position -> scalar log density` (a function, or an "
     "`eqx.Module` whose fields are Python numbers), e.g. `eb.priors.gaussian(1.0)`."
 )
@@ -670,8 +694,9 @@ _NOT_YET = (
 )
 
 
-def _check_int(value, arg, name, minimum, fix):
+def check_int(value, arg, name, minimum, fix, fn="bayesian"):
     message = _INT_ARG.format(
+        fn=fn,
         arg=arg,
         value=value,
         name=name,
@@ -686,12 +711,16 @@ def _check_int(value, arg, name, minimum, fix):
     return int(value)
 
 
-def _check_float(value, arg, name, *, positive, fix):
+def check_float(value, arg, name, *, positive, fix, fn="bayesian"):
+    """`value` as a finite float: `> 0` when `positive` is True, `>= 0` when it is
+    False, of either sign when it is None."""
+    bounds = {True: "> 0", False: ">= 0", None: "(of either sign)"}
     message = _FLOAT_ARG.format(
+        fn=fn,
         arg=arg,
         value=value,
         name=name,
-        bound="> 0" if positive else ">= 0",
+        bound=bounds[positive],
         type=type(value).__name__,
         fix=fix,
     )
@@ -701,9 +730,38 @@ def _check_float(value, arg, name, *, positive, fix):
         raise TypeError(message) from None
     if isinstance(value, bool):
         raise TypeError(message)
-    if not math.isfinite(x) or x < 0 or (positive and x == 0):
+    if (
+        not math.isfinite(x)
+        or (positive is not None and x < 0)
+        or (positive and x == 0)
+    ):
         raise ValueError(message)
     return x
+
+
+def check_likelihood_scale(value, name, fn="bayesian"):
+    return check_float(
+        value,
+        "likelihood_scale",
+        name,
+        positive=False,
+        fix="For an MSE loss with noise σ over N points use N / (2σ²).",
+        fn=fn,
+    )
+
+
+def check_prior(prior, name, fn="bayesian"):
+    """The prior, `eb.priors.gaussian(10.0)` when None; a clear error unless it is
+    a hashable callable."""
+    the_prior = _priors.gaussian(10.0) if prior is None else prior
+    try:
+        hash(the_prior)
+        callable_prior = callable(the_prior)
+    except TypeError:
+        callable_prior = False
+    if not callable_prior:
+        raise TypeError(_PRIOR.format(fn=fn, prior=the_prior, name=name))
+    return the_prior
 
 
 def bayesian(
@@ -813,26 +871,20 @@ def bayesian(
     def make(subtree: PyTree, group_name: str) -> BayesianLeaf:
         the_init = None if init is None else check_initializer(init, group_name)
         spec = kernel_spec(kernel, group_name)
-        w = _check_int(warmup, "warmup", group_name, 0, "Use `warmup=0` for none.")
-        k = _check_int(keep, "keep", group_name, 1, "Keep at least one draw.")
-        t = _check_int(thin, "thin", group_name, 1, "`thin=1` keeps every draw.")
-        c = _check_int(
+        w = check_int(warmup, "warmup", group_name, 0, "Use `warmup=0` for none.")
+        k = check_int(keep, "keep", group_name, 1, "Keep at least one draw.")
+        t = check_int(thin, "thin", group_name, 1, "`thin=1` keeps every draw.")
+        c = check_int(
             num_chains, "num_chains", group_name, 1, "`num_chains=1` runs one chain."
         )
-        jitter = _check_float(
+        jitter = check_float(
             init_jitter,
             "init_jitter",
             group_name,
             positive=False,
             fix="`init_jitter=0.0` starts every chain at the model's values.",
         )
-        scale = _check_float(
-            likelihood_scale,
-            "likelihood_scale",
-            group_name,
-            positive=False,
-            fix="For an MSE loss with noise σ over N points use N / (2σ²).",
-        )
+        scale = check_likelihood_scale(likelihood_scale, group_name)
         kwargs = dict(kernel_kwargs)
         step_size = kwargs.pop("step_size", None)
         if step_size is not None:
@@ -883,14 +935,7 @@ def bayesian(
                         )
                     ) from None
                 static.append((key, value))
-        the_prior = _priors.gaussian(10.0) if prior is None else prior
-        try:
-            hash(the_prior)
-            callable_prior = callable(the_prior)
-        except TypeError:
-            callable_prior = False
-        if not callable_prior:
-            raise TypeError(_PRIOR.format(prior=the_prior, name=group_name))
+        the_prior = check_prior(prior, group_name)
         config = MCMCConfig(
             kernel=spec,
             prior=the_prior,

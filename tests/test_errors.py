@@ -367,3 +367,120 @@ def test_bad_substeps():
     with pytest.raises(ValueError, match=re.escape("instead of `Solver(optimizer")):
         eb.Solver(mse, optimizer=optax.adam(1e-3), substeps=[eb.Substep(mse, "a")])
     init([eb.Substep(mse, "b"), eb.Substep(mse, "a")])
+
+
+# -- variational groups ---------------------------------------------------------------
+
+ADAM = optax.adam(1e-2)
+
+
+def test_vi_and_bayesian_are_exclusive():
+    sampled = eb.bayesian(MODEL, blackjax.nuts, where=lambda m: m.a)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "`eb.vi(..., where=...)` for group 'a': the selected sub-tree overlaps the "
+            "group 'a' that is already marked with `eb.bayesian`"
+        ),
+    ):
+        eb.vi(sampled, optimizer=ADAM, where=lambda m: m.a)
+    with pytest.raises(ValueError, match=re.escape("never both")):
+        eb.vi(sampled, optimizer=ADAM)
+    fitted = eb.vi(MODEL, optimizer=ADAM)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "`eb.bayesian(..., where=...)` for group 'b': the selected sub-tree "
+            "overlaps the group 'Coefficients' that is already marked with `eb.vi`"
+        ),
+    ):
+        eb.bayesian(fitted, blackjax.nuts, where=lambda m: m.b)
+
+
+def test_vi_algorithm_must_be_a_variational_family():
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            "`eb.vi(..., algorithm=nuts)` for group 'Coefficients': this is an MCMC "
+            "kernel, not a variational family: sample with "
+            "`eb.bayesian(model, blackjax.nuts, ...)`."
+        ),
+    ):
+        eb.vi(MODEL, blackjax.nuts, optimizer=ADAM)
+    for algorithm in (blackjax.svgd, blackjax.schrodinger_follmer, lambda p: p):
+        with pytest.raises(
+            TypeError,
+            match=re.escape("is not a variational family that eqbayes fits"),
+        ):
+            eb.vi(MODEL, algorithm, optimizer=ADAM)
+
+
+def test_vi_optimizer():
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            "`eb.vi(...)` for group 'Coefficients' needs `optimizer=`: the optax "
+            "transformation"
+        ),
+    ):
+        eb.vi(MODEL)
+    with pytest.raises(
+        TypeError,
+        match=re.escape("`optimizer` must be an optax `GradientTransformation`"),
+    ):
+        eb.vi(MODEL, optimizer=1e-2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_samples=0), "`num_samples` must be an integer >= 1; got 0"),
+        (dict(posterior_draws=0), "`posterior_draws` must be an integer >= 1; got 0"),
+        (dict(init_log_std=float("inf")), "`init_log_std` must be a finite number"),
+        (
+            dict(likelihood_scale=-1.0),
+            "`likelihood_scale` must be a finite number >= 0",
+        ),
+    ],
+)
+def test_vi_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        eb.vi(MODEL, optimizer=ADAM, **kwargs)
+
+
+def test_vi_draws_must_match_the_chains_keep():
+    model = eb.bayesian(MODEL, blackjax.nuts, where=lambda m: m.a, keep=300)
+    model = eb.vi(model, optimizer=ADAM, where=lambda m: m.b, posterior_draws=200)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "`eb.vi(..., posterior_draws=200)` for group 'b': the solve also samples "
+            "group 'a' with `keep=300`."
+        ),
+    ):
+        _solve(model)
+
+
+def test_vi_alone_needs_steps():
+    model = eb.vi(MODEL, optimizer=ADAM)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "`Solver.run(model, steps=None, ...)`: no group samples a chain, so "
+            "there is no schedule to take the length from. Pass `steps=`."
+        ),
+    ):
+        eb.Solver(mse, progress=False).run(model, key=jr.key(0), args=DATA)
+
+
+def test_pattern_e_draws_must_match_keep():
+    model = eb.bayesian(MODEL, blackjax.nuts, mask=Coefficients(True, False), keep=50)
+    model = eb.vi(model, optimizer=ADAM, mask=Coefficients(False, True))
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "`eb.vi(..., posterior_draws=500)` for group 'Coefficients/mask1': the "
+            "solve also samples group 'Coefficients/mask0' with `keep=50`."
+        ),
+    ):
+        _solve(model)

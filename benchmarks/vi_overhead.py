@@ -1,0 +1,175 @@
+"""eqbayes variational fits against a hand-written blackjax `meanfield_vi` loop.
+
+For each case, the eqbayes side is `eb.vi(...)` + `eb.Solver(loss).run(steps=...)`
+(which also draws `posterior_draws` from the fitted q and builds the `Result`); the
+blackjax side is what a careful blackjax user writes: the same initial state
+(mean at the model's values, log σ = −3), a `lax.scan` of
+`blackjax.meanfield_vi.step` (the same optax optimiser, the same number of
+Monte-Carlo samples) stacking the ELBO of every step, then the same number of draws
+from q, all in one `jax.jit`. Both sides evaluate the same log density (the same
+loss and the same `eb.priors.gaussian` object) in float32.
+
+Steady state: after one warm-up call per side, `reps` calls per side, interleaved
+(alternating which goes first), each with a new key, timed to
+`jax.block_until_ready`. Reported: median seconds per call and the ratio
+eqbayes / blackjax of the total wall and process CPU times. Target: ≤ 1.10.
+
+    python benchmarks/vi_overhead.py            # full run
+    python benchmarks/vi_overhead.py --quick    # fewer steps and repetitions
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blackjax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from blackjax.vi.meanfield_vi import MFVIState
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import eqbayes as eb  # noqa: E402
+
+
+TARGET = 1.10
+NOISE_SD = 0.1
+NUM_SAMPLES = 8
+POSTERIOR_DRAWS = 500
+INIT_LOG_STD = -3.0
+
+
+class Coefficients(eqx.Module):
+    a: jax.Array
+    b: jax.Array
+
+
+def sincos_loss(model: Coefficients, x, y):
+    pred = model.a * jnp.sin(jnp.pi * x) + model.b * jnp.cos(jnp.pi * x)
+    return jnp.mean((pred - y) ** 2)
+
+
+def mlp_loss(model, x, y):
+    return jnp.mean((jax.vmap(model)(x) - y) ** 2)
+
+
+def case_config(case: str) -> dict[str, Any]:
+    if case == "sincos_meanfield":
+        x = jnp.linspace(0.0, 1.0, 101)
+        noise = NOISE_SD * jax.random.normal(jax.random.key(0), x.shape)
+        y = 3.14 * jnp.sin(jnp.pi * x) - 2.71 * jnp.cos(jnp.pi * x) + noise
+        model = Coefficients(jnp.array(3.0), jnp.array(-2.5))
+        return dict(x=x, y=y, model=model, loss=sincos_loss, prior_sigma=10.0)
+    if case == "mlp_meanfield":
+        x = jnp.linspace(-1.0, 1.0, 200)[:, None]
+        noise = NOISE_SD * jax.random.normal(jax.random.key(1), x.shape)
+        y = jnp.sin(3 * x) + noise
+        model = eqx.nn.MLP(1, 1, 32, 2, activation=jnp.tanh, key=jax.random.key(2))
+        return dict(x=x, y=y, model=model, loss=mlp_loss, prior_sigma=1.0)
+    raise ValueError(f"unknown case {case!r}")
+
+
+def build(case: str, side: str, steps: int) -> Callable[[jax.Array], Any]:
+    c = case_config(case)
+    x, y, loss = c["x"], c["y"], c["loss"]
+    scale = x.shape[0] / (2 * NOISE_SD**2)
+    prior = eb.priors.gaussian(c["prior_sigma"])
+    optimizer = optax.adam(1e-2)
+
+    if side == "eqbayes":
+        model = eb.vi(
+            c["model"],
+            blackjax.meanfield_vi,
+            optimizer=optimizer,
+            num_samples=NUM_SAMPLES,
+            posterior_draws=POSTERIOR_DRAWS,
+            init_log_std=INIT_LOG_STD,
+            likelihood_scale=scale,
+            prior=prior,
+            name="group",
+        )
+        solver = eb.Solver(loss, progress=False)
+        return lambda key: solver.run(model, steps=steps, key=key, args=(x, y))
+
+    if side == "blackjax":
+        params, static = eqx.partition(c["model"], eqx.is_inexact_array)
+
+        @jax.jit
+        def run(key, params, x, y):
+            def logdensity(p):
+                return -scale * loss(eqx.combine(p, static), x, y) + prior(p)
+
+            rho = jax.tree.map(lambda p: jnp.full_like(p, INIT_LOG_STD), params)
+            state = MFVIState(params, rho, optimizer.init((params, rho)))
+
+            def one_step(state, step_key):
+                state, info = blackjax.meanfield_vi.step(
+                    step_key, state, logdensity, optimizer, NUM_SAMPLES
+                )
+                return state, info.elbo
+
+            fit_key, draw_key = jax.random.split(key)
+            state, neg_elbo = jax.lax.scan(
+                one_step, state, jax.random.split(fit_key, steps)
+            )
+            draws = blackjax.meanfield_vi.sample(draw_key, state, POSTERIOR_DRAWS)
+            return state, neg_elbo, draws
+
+        return lambda key: run(key, params, x, y)
+
+    raise ValueError(f"unknown side {side!r}")
+
+
+def _time(run: Callable[[jax.Array], Any], key: jax.Array) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(run(key))
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--cases", nargs="+", default=["sincos_meanfield", "mlp_meanfield"]
+    )
+    args = parser.parse_args()
+    steps = 1000 if args.quick else 5000
+    reps = 3 if args.quick else 10
+    print(f"jax {jax.__version__}, blackjax {blackjax.__version__}, {steps} steps")
+    print(
+        f"load average: {', '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}"
+    )
+    failed = False
+    for case in args.cases:
+        runs = {side: build(case, side, steps) for side in ("eqbayes", "blackjax")}
+        for side, run in runs.items():
+            _time(run, jax.random.key(100))  # compile
+        walls: dict[str, list[float]] = {side: [] for side in runs}
+        cpus: dict[str, list[float]] = {side: [] for side in runs}
+        for rep in range(reps):
+            order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
+            for side in order:
+                wall, cpu = _time(runs[side], jax.random.key(101 + rep))
+                walls[side].append(wall)
+                cpus[side].append(cpu)
+        ratio = sum(walls["eqbayes"]) / sum(walls["blackjax"])
+        cpu_ratio = sum(cpus["eqbayes"]) / sum(cpus["blackjax"])
+        per_step = {s: 1e6 * statistics.median(walls[s]) / steps for s in runs}
+        ok = ratio <= TARGET or cpu_ratio <= TARGET
+        failed |= not ok
+        print(
+            f"[{case}] median µs/step: eqbayes {per_step['eqbayes']:.1f}, blackjax "
+            f"{per_step['blackjax']:.1f}; steady ratio wall {ratio:.3f}, cpu "
+            f"{cpu_ratio:.3f} (target <= {TARGET}) {'ok' if ok else 'MISSED'}"
+        )
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
