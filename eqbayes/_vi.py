@@ -453,6 +453,14 @@ def _algorithm_name(algorithm: Any) -> str:
     return getattr(algorithm, "__name__", None) or type(algorithm).__name__
 
 
+_VI_INIT = (
+    "`eb.vi(..., init=...)` for group '{name}': log-density-aware initializers warm "
+    "start MCMC chains; a variational fit starts its mean at the model's values "
+    "(`init_mu_at_position=True`) and needs none. Drop `init=`, or use "
+    "`eb.bayesian(..., init=...)` for a chain."
+)
+
+
 def vi(
     model: PyTree,
     algorithm: Any = blackjax.meanfield_vi,
@@ -467,6 +475,7 @@ def vi(
     likelihood_scale: float = 1.0,
     prior: Callable[[ArrayTree], Any] | None = None,
     name: str | None = None,
+    init: Any = None,
 ) -> PyTree:
     r"""Marks a sub-tree of `model` to be fitted by variational inference.
 
@@ -526,6 +535,8 @@ def vi(
         `None` means `eb.priors.gaussian(10.0)`.
     - `name`: the group's name; defaults to the `where` path or the model's class
         name.
+    - `init`: not accepted (an error says why): initializers warm start MCMC
+        chains, while q starts at the model's values.
 
     **Returns:**
 
@@ -543,6 +554,8 @@ def vi(
     """
 
     def make(subtree: PyTree, group_name: str) -> VIGroup:
+        if init is not None:
+            raise TypeError(_VI_INIT.format(name=group_name))
         family = _family(algorithm, group_name)
         if optimizer is None:
             raise TypeError(_NO_OPTIMIZER.format(name=group_name))

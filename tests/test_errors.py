@@ -484,3 +484,12 @@ def test_pattern_e_draws_must_match_keep():
         ),
     ):
         _solve(model)
+
+
+def test_an_initializer_with_vi_is_an_error():
+    with pytest.raises(TypeError, match=re.escape("needs none. Drop `init=`")):
+        eb.vi(
+            MODEL,
+            optimizer=optax.adam(1e-2),
+            init=eb.initializers.laplace(),
+        )
