@@ -352,3 +352,31 @@ def test_mixed_solve_resumes_bitwise(tmp_path):
     resumed = solver().run(model, 30, key=jr.key(1), data=data, state=state)
     assert tree_equal(resumed.posterior.samples, full.posterior.samples)
     assert tree_equal(resumed.model, full.model)
+
+
+def test_vi_solve_resumes_bitwise(tmp_path):
+    """A variational fit stopped after a chunk and resumed from its checkpoint gives
+    the uninterrupted fit, its draws and its -ELBO history."""
+    model = eb.vi(
+        Coefficients(jnp.array(3.0), jnp.array(-2.5)),
+        optimizer=optax.adam(1e-2),
+        likelihood_scale=LIKELIHOOD_SCALE,
+        posterior_draws=50,
+    )
+    key = jr.key(0)
+    full = eb.Solver(mse, progress=False, print_every=20).run(
+        model, 100, key=key, args=DATA
+    )
+    like = eb.Solver(mse, progress=False).init(model, key=key, args=DATA)
+    path = tmp_path / "vi.eqx"
+    solver = eb.Solver(mse, progress=False, print_every=20, callbacks=(_StopAfter(60),))
+    with pytest.raises(KeyboardInterrupt):
+        solver.run(model, 100, key=key, args=DATA, checkpoint=path)
+    state = eb.load(path, like=like)
+    assert int(state.step) == 40
+    resumed = eb.Solver(mse, progress=False, print_every=20).run(
+        model, 60, key=key, args=DATA, state=state
+    )
+    assert tree_equal(resumed.posterior.samples, full.posterior.samples)
+    assert tree_equal(resumed.variational, full.variational)
+    assert tree_equal(resumed.model, full.model)
