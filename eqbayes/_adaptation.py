@@ -62,8 +62,13 @@ def window_init(
     step_size: Float[Array, ""],
     inverse_mass_matrix: Float[Array, "..."],
     warmup: int,
+    adapt_mass_matrix: bool = True,
 ) -> WindowAdaptationState:
-    """Starts the adaptation from one chain's position (for its size)."""
+    """Starts the adaptation from one chain's position (for its size).
+
+    With `adapt_mass_matrix=False` the inverse mass matrix is kept as given and the
+    whole warmup is one fast window: dual averaging of the step size only.
+    """
     is_diagonal = inverse_mass_matrix.ndim == 1
     (mm_init, _, _), (da_init, _, _) = _blocks(is_diagonal)
     flat, _ = jax.flatten_util.ravel_pytree(position)
@@ -72,6 +77,8 @@ def window_init(
     with jax.numpy_dtype_promotion("standard"):  # blackjax mixes bools and ints
         schedule = build_schedule(warmup)
     schedule = jnp.asarray(schedule, dtype=jnp.int32).reshape(warmup, 2)
+    if not adapt_mass_matrix:  # no slow windows, no window ends
+        schedule = jnp.zeros_like(schedule)
     return WindowAdaptationState(ss_state, imm_state, schedule, is_diagonal)
 
 

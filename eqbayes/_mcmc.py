@@ -183,6 +183,7 @@ def init_state(
     others: ArrayTree,
     name: str,
     key: PRNGKeyArray,
+    adapt_mass_matrix: bool = True,
 ) -> MCMCState:
     """Builds the group's state from its K starting positions (chain axis first).
 
@@ -213,7 +214,7 @@ def init_state(
     adaptation = None
     if config.adapts:
         assert step_size is not None and imm is not None
-        adaptation = window_init(one, step_size, imm, config.warmup)
+        adaptation = window_init(one, step_size, imm, config.warmup, adapt_mass_matrix)
 
     # The info structure, without running anything.
     def probe(state, others_0):

@@ -253,8 +253,22 @@ class BayesianLeaf(AbstractGroup):
         return group, positions
 
     def initialise(self, positions, logdensity_for, others, key):
+        # An initializer's inverse mass matrix is kept by the window adaptation
+        # (which then tunes the step size only) unless it asks to re-estimate it.
+        kept = (
+            self.warm is not None
+            and "inverse_mass_matrix" in self.warm.used
+            and not getattr(self.config.init, "adapt_mass_matrix", False)
+        )
         state = _mcmc.init_state(
-            self.config, self.arrays, positions, logdensity_for, others, self.name, key
+            self.config,
+            self.arrays,
+            positions,
+            logdensity_for,
+            others,
+            self.name,
+            key,
+            adapt_mass_matrix=not kept,
         )
         return eqx.tree_at(lambda g: g.state, self, state, is_leaf=lambda x: x is None)
 
@@ -839,8 +853,10 @@ def bayesian(
         `Solver.init` on the group's log density (other groups at their starting
         values) and sets the chains' starting positions (`init_jitter` is then
         ignored) and possibly the inverse mass matrix. With `adapt=True` window
-        adaptation follows from there (starting from the initializer's inverse
-        mass matrix, which its slow windows re-estimate); with `adapt=False` (or
+        adaptation follows from there: it tunes the step size and keeps the
+        initializer's inverse mass matrix (or, for an initializer made with
+        `adapt_mass_matrix=True`, starts from it and re-estimates it in its slow
+        windows, as Stan does with a given metric); with `adapt=False` (or
         `warmup=0`) the initializer's settings and your `step_size` are used.
         With `mask=` it sees only the masked leaves; settings the kernel does not
         take (an inverse mass matrix for MALA or SGLD) are dropped, with a log

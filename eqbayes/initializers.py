@@ -19,9 +19,10 @@ How the initializer combines with `adapt=` (for HMC-family kernels):
 - no initializer, `adapt=False`: the model's values, the user's `step_size` and
   inverse mass matrix;
 - initializer, `adapt=True`: the initializer, then window adaptation from its
-  positions, starting from its inverse mass matrix (if it set one): the window
-  tunes the step size and its slow windows re-estimate the mass matrix, as Stan
-  does with a given initial metric;
+  positions: the window tunes the step size and keeps the initializer's inverse
+  mass matrix (if it set one; without one, the window estimates it as usual). An
+  initializer with `adapt_mass_matrix=True` (a class attribute or field) lets the
+  slow windows re-estimate it from there instead, as Stan does with a given metric;
 - initializer, `adapt=False`: the initializer only: its positions and inverse mass
   matrix, the user's `step_size`.
 
@@ -233,6 +234,7 @@ class PathfinderInitializer(AbstractInitializer):
     gtol: float = eqx.field(static=True)
     ftol: float = eqx.field(static=True)
     mass_matrix: bool = eqx.field(static=True)
+    adapt_mass_matrix: bool = eqx.field(static=True, default=False)
 
     def __call__(
         self,
@@ -279,6 +281,7 @@ def pathfinder(
     gtol: float = 1e-8,
     ftol: float = 1e-5,
     mass_matrix: bool = True,
+    adapt_mass_matrix: bool = False,
 ) -> PathfinderInitializer:
     r"""A Pathfinder warm start (`blackjax.pathfinder.approximate`).
 
@@ -308,6 +311,10 @@ def pathfinder(
     - `mass_matrix`: return the diagonal inverse mass matrix. With `False` only
         the positions are set (and window adaptation, if on, starts from the
         identity or your `inverse_mass_matrix`).
+    - `adapt_mass_matrix`: with `adapt=True`, let window adaptation re-estimate
+        the inverse mass matrix in its slow windows, starting from this one (Stan's
+        convention with a given metric). By default the window tunes the step size
+        only and this inverse mass matrix is kept.
 
     **Returns:**
 
@@ -331,6 +338,7 @@ def pathfinder(
         gtol=_float(gtol, fn, "gtol"),
         ftol=_float(ftol, fn, "ftol"),
         mass_matrix=bool(mass_matrix),
+        adapt_mass_matrix=bool(adapt_mass_matrix),
     )
 
 
@@ -395,6 +403,7 @@ class LaplaceInitializer(AbstractInitializer):
     optimizer: Any = eqx.field(static=True)
     dense_limit: int = eqx.field(static=True)
     mass_matrix: bool = eqx.field(static=True)
+    adapt_mass_matrix: bool = eqx.field(static=True, default=False)
 
     def __call__(
         self,
@@ -434,6 +443,7 @@ def laplace(
     optimizer: Any = None,
     dense_limit: int = 2048,
     mass_matrix: bool = True,
+    adapt_mass_matrix: bool = False,
 ) -> LaplaceInitializer:
     r"""A Laplace-approximation warm start.
 
@@ -467,6 +477,9 @@ def laplace(
         for the diagonal, only the $d$ diagonal entries are kept.
     - `mass_matrix`: return the inverse mass matrix. With `False` only the
         positions are set.
+    - `adapt_mass_matrix`: with `adapt=True`, let window adaptation re-estimate
+        the inverse mass matrix in its slow windows, starting from this one. By
+        default the window tunes the step size only and this one is kept.
 
     **Returns:**
 
@@ -491,6 +504,7 @@ def laplace(
         optimizer=_optimizer(optimizer, fn),
         dense_limit=_int(dense_limit, fn, "dense_limit", minimum=0),
         mass_matrix=bool(mass_matrix),
+        adapt_mass_matrix=bool(adapt_mass_matrix),
     )
 
 

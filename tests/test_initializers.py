@@ -126,10 +126,11 @@ def test_full_laplace_on_a_correlated_posterior(dense_limit):
 
 
 def test_behaviour_matrix_with_adaptation():
-    """Initializer + `adapt=True`: window adaptation runs from the warm start,
-    seeded with the initializer's inverse mass matrix, and tunes the step size and
-    (in its slow windows) the mass matrix; without an initializer mass matrix
-    (`mass_matrix=False`, SVGD) it starts from the identity."""
+    """Initializer + `adapt=True`: window adaptation runs from the warm start, tunes
+    the step size and keeps the initializer's inverse mass matrix; with
+    `adapt_mass_matrix=True` its slow windows re-estimate it from there; without an
+    initializer mass matrix (`mass_matrix=False`, SVGD) it starts from the
+    identity."""
     common = dict(warmup=60, keep=5, likelihood_scale=LIKELIHOOD_SCALE)
 
     laplace = eb.bayesian(FAR, blackjax.nuts, init=eb.initializers.laplace(), **common)
@@ -137,15 +138,26 @@ def test_behaviour_matrix_with_adaptation():
     assert state.adaptation is not None
     imm0 = np.asarray(state.inverse_mass_matrix)
     np.testing.assert_allclose(imm0, np.diag(COV), rtol=0.05)
-    np.testing.assert_array_equal(state.adaptation.imm_state.inverse_mass_matrix, imm0)
     final = _after_warmup(laplace)
+    np.testing.assert_array_equal(final.inverse_mass_matrix, imm0)  # kept
+    assert float(final.step_size) != 1.0  # tuned
+    position = final.kernel_state.position
+    assert np.all(np.abs(_z([position.a[0], position.b[0]])) < 6)
+
+    refined = eb.bayesian(
+        FAR,
+        blackjax.nuts,
+        init=eb.initializers.laplace(adapt_mass_matrix=True),
+        **common,
+    )
+    state = _init(refined).model.state
+    np.testing.assert_array_equal(state.adaptation.imm_state.inverse_mass_matrix, imm0)
+    final = _after_warmup(refined)
     imm = np.asarray(final.inverse_mass_matrix)
     assert not np.array_equal(imm, imm0)  # re-estimated from the warmup draws
     # Stan's regularised estimate from ~45 draws: (n σ² + 5·10⁻³) / (n + 5).
     np.testing.assert_allclose(imm, np.diag(COV), rtol=1.0)
     assert float(final.step_size) != 1.0  # tuned
-    position = final.kernel_state.position
-    assert np.all(np.abs(_z([position.a[0], position.b[0]])) < 6)
 
     for init in (eb.initializers.laplace(mass_matrix=False), eb.initializers.svgd()):
         model = eb.bayesian(FAR, blackjax.nuts, init=init, **common)

@@ -199,15 +199,17 @@ print("reference   ", (ref_sd**2).round(6))
 # ## With window adaptation
 #
 # Initializers compose with `adapt=True`: window adaptation then runs from the
-# warm start, seeded with the initializer's inverse mass matrix if it set one
-# (its slow windows re-estimate it, as Stan does with a given initial metric). No
-# `step_size` is needed.
+# warm start and tunes the step size, keeping the initializer's inverse mass matrix
+# if it set one. With `adapt_mass_matrix=True` (e.g.
+# `eb.initializers.pathfinder(adapt_mass_matrix=True)`) its slow windows re-estimate
+# that matrix from there instead, as Stan does with a given initial metric: better
+# when the initializer's variances are rough. No `step_size` is needed.
 #
 # | initializer | `adapt` | what runs |
 # |---|---|---|
 # | none | `True` | window adaptation from the model's values |
 # | none | `False` | the model's values, your `step_size` and mass matrix |
-# | set | `True` | the initializer, then the window from its positions and mass matrix |
+# | set | `True` | the initializer, then the window tunes the step size only |
 # | set | `False` | the initializer: its positions and mass matrix, your `step_size` |
 #
 # `init_jitter` is ignored when an initializer is set (it spreads the chains
@@ -232,8 +234,9 @@ print(
 # - **Pathfinder**: the general-purpose choice. A few dozen L-BFGS iterations (tens
 #   to hundreds of gradient evaluations), robust from poor starts, and K chains get
 #   K over-dispersed draws from its approximation. Its mass matrix is rough; with
-#   `adapt=True` the window then only fixes the step size, so on long runs consider
-#   `pathfinder(mass_matrix=False)` and let the window estimate the mass matrix.
+#   `adapt=True` the window then only fixes the step size, so consider
+#   `pathfinder(adapt_mass_matrix=True)` (the window re-estimates it, starting from
+#   pathfinder's) or `pathfinder(mass_matrix=False)` (the window estimates it).
 # - **Laplace**: when the posterior is close to Gaussian around one mode and the
 #   dimension is moderate. It gives the exact covariance of a Gaussian posterior
 #   (the test suite checks 5 %), and `laplace("full")` gives a dense mass matrix for
