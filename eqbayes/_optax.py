@@ -11,7 +11,7 @@ import optax
 from jaxtyping import PyTree
 
 from ._custom_types import ArrayTree
-from ._wrappers import AbstractGroup, mark
+from ._wrappers import _HAS_STATE, AbstractGroup, mark
 
 
 Chains = Literal["first", "mean"]
@@ -23,11 +23,6 @@ _NOT_OPTIMIZER = (
 _CHAINS = (
     "`{call}`: `{arg}` must be 'first' (the gradient at chain 0 of the sampled "
     "groups) or 'mean' (the gradient averaged over their K chains); got {value!r}."
-)
-_HAS_STATE = (
-    "`Solver.init(model, ...)`: group '{name}' already carries solver state. Pass "
-    "the marked model (before solving), or continue a solve with "
-    "`solver.run(model, key=..., state=state)`."
 )
 
 

@@ -20,6 +20,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._custom_types import ArrayTree
 from ._mcmc import over_chains
 from ._wrappers import (
+    _HAS_STATE,
     AbstractGroup,
     check_float,
     check_int,
@@ -57,11 +58,6 @@ _DRAWS = (
     "chain's draws, so that `posterior.samples` is one joint posterior (what "
     "`predict` evaluates), and their numbers must match. Pass "
     "`posterior_draws={keep}`."
-)
-_HAS_STATE = (
-    "`Solver.init(model, ...)`: group '{name}' already carries solver state. Pass "
-    "the marked model (before solving), or continue a solve with "
-    "`solver.run(model, key=..., state=state)`."
 )
 
 
