@@ -296,16 +296,19 @@ for name in results:
 #   smallest when a weight's $q$ equals its prior, and the mean-field fit leaves
 #   most of the 32 × 32 hidden layer there. Those weights add noise to every
 #   prediction and nothing to the fit, so the network that remains is effectively
-#   smaller and fits less well, and their noise widens the curve's band *inside*
-#   the data (the "curve band" column). This is the over-pruning of mean-field
-#   variational networks (Trippe & Turner 2018).
+#   smaller and fits less well (in the figure, VI's mean flattens out before the
+#   ends of the data and misses the points there), and their noise widens the
+#   curve's band *inside* the data (the "curve band" column). This is the
+#   over-pruning of mean-field variational networks (Trippe & Turner 2018).
 # - **Beyond the data** ($|x| > 3$) it is the other way round: VI's curve band is
 #   narrower than both samplers' (the "beyond" column), so there mean-field VI is
-#   the over-confident one. This is its usual under-dispersion: minimising
+#   the over-confident one, with a flat mean where SGLD's keeps following the
+#   trend of the data. This is mean-field VI's usual under-dispersion: minimising
 #   $\mathrm{KL}(q \,\|\, p)$ penalises $q$ for putting mass where the posterior has
-#   little, and a factorised $q$ cannot follow the correlations between weights,
-#   so it covers less of the posterior than a sampler (the [variational inference
-#   guide](../../vi/) shows the same on two correlated coefficients).
+#   little, and a factorised $q$ cannot follow the correlations between weights, so
+#   it covers less of the posterior than a sampler (the [variational inference
+#   guide](../../vi/) shows the same on two correlated coefficients). Here the
+#   pruned, flat network adds to it.
 # - **SGLD** covers somewhat more than 90 % of the held-out points, on the safe
 #   side, as the BNN tutorial discusses (a finite step size without accept/reject
 #   widens its distribution). The short NUTS chain comes closest to 90 %, with the
