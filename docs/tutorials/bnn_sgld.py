@@ -214,12 +214,12 @@ rmse = jnp.sqrt(jnp.mean((test_curves.mean(axis=0) - f(x_test)) ** 2))
 print(f"RMS error of the predictive mean against the true f: {rmse:.3f}")
 
 # %% [markdown]
-# The band holds about 94 % of new data: close to, and on the safe side of, the
-# nominal 90 %. The small excess is typical of SGLD: with a finite step size and no
-# accept/reject step it samples a slightly wider distribution than the posterior,
-# and a smaller step (with a longer chain) brings the coverage closer to 90 %.
-# (With twice the step size this band holds about 97 %; with ten times, the chain
-# diverges.)
+# The band holds a little more than 90 % of new data (the coverage printed above):
+# close to, and on the safe side of, the nominal 90 %. The small excess is typical
+# of SGLD: with a finite step size and no accept/reject step it samples a slightly
+# wider distribution than the posterior, and a smaller step (with a longer chain)
+# brings the coverage closer to 90 %. (With twice the step size this band holds
+# about 97 %; with ten times, the chain diverges.)
 #
 # ## Where next
 #
