@@ -303,11 +303,13 @@ class VIGroup(AbstractGroup):
         step = _lenient_step(config.algorithm.step, logdensity)
         new, info = step(key, old, config.optimizer, config.num_samples)
         neg_elbo = jnp.asarray(info.elbo, self.state.neg_elbo.dtype)  # already −ELBO
-        # A non-finite estimate or update leaves q as it was (a rejected step).
+        # A non-finite estimate or update leaves q as it was (a rejected step). A
+        # `cond` picks whole states: an elementwise `where` over every parameter and
+        # optimiser leaf costs more than the step itself on a small model.
         finite = jnp.isfinite(neg_elbo)
         for leaf in jax.tree.leaves((new[0], new[1])):  # mean, scale parameters
             finite = finite & jnp.all(jnp.isfinite(leaf))
-        params = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        params = jax.lax.cond(finite, lambda: new, lambda: old)
         state = eqx.tree_at(
             lambda s: (s.params, s.neg_elbo), self.state, (params, neg_elbo)
         )
@@ -332,10 +334,8 @@ class VIGroup(AbstractGroup):
         assert self.state is not None
         approximation = self.approximation()
         assert approximation is not None
-        k, n = self.state.num_chains, self.config.posterior_draws
-        key = jr.fold_in(self.state.key, steps_done)
-        flat = _sample(approximation, key, k * n)
-        return jax.tree.map(lambda x: x.reshape(k, n, *x.shape[1:]), flat)
+        shape = (self.state.num_chains, self.config.posterior_draws)
+        return _draws(approximation, self.state.key, jnp.asarray(steps_done), shape)
 
     def kernel_diagnostics(self, steps_done):
         return None
@@ -417,6 +417,14 @@ def _lenient_step(step: Callable, logdensity: Callable) -> Callable:
 @eqx.filter_jit
 def _sample(approximation, key, num_draws):
     return approximation.sample(key, num_draws)
+
+
+@eqx.filter_jit
+def _draws(approximation, key, steps_done, shape: tuple[int, int]):
+    """`shape = (K, N)` i.i.d. draws from q, one compiled program (a handful of
+    eager operations would cost more than the draws)."""
+    flat = _sample(approximation, jr.fold_in(key, steps_done), shape[0] * shape[1])
+    return jax.tree.map(lambda x: x.reshape(*shape, *x.shape[1:]), flat)
 
 
 # -- eb.vi ---------------------------------------------------------------------------
