@@ -5,8 +5,8 @@ import contextlib
 import dataclasses
 import importlib.util
 import logging
-import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
-from . import _optax, _sharding
+from . import _chunks, _optax, _sharding
 from ._custom_types import ArrayTree
 from ._mcmc import over_chains
 from ._posterior import History, Posterior, Result
@@ -458,16 +458,21 @@ class Solver(eqx.Module):
         holds (`None`: those leaves stay frozen). It takes one step per solver step,
         after the groups, on the loss with the sampled groups at their positions.
     - `print_every`: steps per compiled chunk: one dispatch, one host transfer and
-        one round of progress-bar update and callbacks per chunk. By default a tenth
-        of the solve when a progress bar or callbacks are watching, else the whole
-        solve in one chunk (each chunk costs about a millisecond of Python and
-        pytree handling).
+        one round of progress-bar update and callbacks per chunk (and one entry of
+        `result.history`). By default, with nobody watching, the whole solve in one
+        chunk; with a progress bar, callbacks or a checkpoint, chunks timed to last
+        about a quarter of a second each (after a first chunk of 1 % of the solve),
+        or longer when the callbacks are slow, so that watching costs next to
+        nothing. Set it for a fixed cadence (e.g. a `result.history` that is the same
+        from run to run).
     - `progress`: show a progress bar (needs `tqdm`: `pip install 'eqbayes[progress]'`;
         without it, no bar).
     - `callbacks`: callables called on the host after every chunk with an
         [`eqbayes.callbacks.ChunkRecord`][] (step, loss, per-group running
         statistics, the state), e.g. [`eqbayes.callbacks.WandbLogger`][]. Never
-        called inside the compiled loop.
+        called inside the compiled loop: they run in order on one background
+        thread while the next chunk computes (an exception in a callback stops the
+        run after that chunk).
     - `optimizer_chains`: with K > 1 chains, `optimizer`'s gradient is taken at
         chain 0 of the sampled groups (`"first"`) or averaged over the K chains
         (`"mean"`); see [`eqbayes.optimise`][].
@@ -794,9 +799,8 @@ class Solver(eqx.Module):
             solve goes (atomically: a killed process leaves the last complete
             checkpoint), and at the end.
         - `checkpoint_every`: solver steps between checkpoints (chunks are then
-            at most this long). By default a checkpoint is written after every
-            chunk (`print_every` steps, or a tenth of the solve with a progress bar
-            or callbacks, else the whole solve).
+            this long, unless `print_every` is set). By default a checkpoint is
+            written after every chunk (see `print_every` of [`eqbayes.Solver`][]).
         - `mesh`: a `jax.sharding.Mesh` with axes `"chains"` and/or `"data"`: the
             solve runs sharded over it (see [`eqbayes.Solver.init`][] and
             [Scaling out](../scaling.md)); with `state=`, the state is moved onto
@@ -858,19 +862,20 @@ class Solver(eqx.Module):
         callbacks = list(self.callbacks)
         if self.progress and importlib.util.find_spec("tqdm") is not None:
             callbacks.insert(0, ProgressBar())
-        if self.print_every is not None:
-            chunk = self.print_every
-        elif callbacks:
-            chunk = max(1, math.ceil(steps / 10))
-        else:  # nobody is watching: one dispatch for the whole solve
-            chunk = steps
         if checkpoint is not None:
             callbacks.append(Checkpoint(checkpoint, every=checkpoint_every))
-            if checkpoint_every is not None and self.print_every is None:
-                chunk = min(chunk, checkpoint_every)
+        # Chunks of `print_every` (or `checkpoint_every`) steps; else, with nobody
+        # watching, the whole solve in one chunk, and chunks timed to a few per
+        # second when somebody is.
+        sizes = _chunks.ChunkSizes(
+            steps,
+            every=self.print_every
+            or checkpoint_every
+            or (None if callbacks else steps),
+        )
         fast = len(schedules) == 1 and done == 0 and steps == needed
+        warmup = next(iter(schedules))[0] if fast else 0
         records = []
-        pending = []
 
         def tell(state, record, n):
             record = jax.device_get(record)  # one host transfer per chunk
@@ -881,48 +886,46 @@ class Solver(eqx.Module):
                 for callback in callbacks:
                     callback(chunk)
 
-        def report(state, record, n):
-            # The previous chunk is handed over once this one is dispatched, so
-            # the host's work (callbacks, checkpoints) overlaps the device's.
-            if pending:
-                tell(*pending.pop())
-            pending.append((state, record, n))
-
-        with _running(callbacks, done, done + steps), _sharding.using(mesh):
-            if fast:
-                ((warmup, keep, thin),) = schedules
-                logger.info(
-                    f"Fast path: warmup {warmup} steps in one loop, then "
-                    f"{keep} draws x thin {thin} in chunks of "
-                    f"{max(1, chunk // thin)} draws (warmup runs in the first chunk)."
-                )
-                per_chunk = max(1, chunk // thin)
-                for start in range(0, keep, per_chunk):
-                    n = min(per_chunk, keep - start)
-                    n_warm = warmup if start == 0 else 0
+        logger.info(
+            (
+                f"Fast path: warmup and draws without per-step bookkeeping, {steps} "
+                if fast
+                else f"General path: {steps} "
+            )
+            + (
+                f"steps in chunks of {sizes.size}."
+                if not sizes.timed
+                else f"steps in chunks timed to about {_chunks.REFRESH_SECONDS} s."
+            )
+        )
+        with (
+            _running(callbacks, done, done + steps),
+            _sharding.using(mesh),
+            _chunks.HostWork(threaded=bool(callbacks)) as host,
+        ):
+            at = 0
+            while at < steps:
+                n = sizes.next(at)
+                start = time.perf_counter()
+                if fast:
+                    n_warm = min(n, max(0, warmup - at))
                     state, record = _run_fast(
                         program,
                         state,
                         args,
                         data,
                         jnp.asarray(n_warm),
-                        jnp.asarray(n * thin),
+                        jnp.asarray(n - n_warm),
                     )
-                    report(state, record, n_warm + n * thin)
-            else:
-                logger.info(
-                    f"General path: {steps} steps in chunks of {chunk} "
-                    f"(the fast path needs one warmup/keep/thin for all sampling "
-                    f"groups and a fresh solve of exactly their length)."
-                )
-                for start in range(0, steps, chunk):
-                    n = min(chunk, steps - start)
+                else:
                     state, record = _run_general(
                         program, state, args, data, jnp.asarray(n)
                     )
-                    report(state, record, n)
-            if pending:
-                tell(*pending.pop())
+                at += n
+                if sizes.timed:
+                    jax.block_until_ready(record)
+                    sizes.observe(n, time.perf_counter() - start, host.seconds)
+                host.submit(tell, state, record, n)
         history = _history(records)
         assert state is not None
         result = self.result(state, history)

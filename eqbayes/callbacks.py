@@ -2,9 +2,10 @@
 
 A callback is any callable `callback(record)` taking a
 [`eqbayes.callbacks.ChunkRecord`][]; `eb.Solver(loss, callbacks=(...))` calls each
-one after every chunk of
-`print_every` steps, on the host, with the state the chunk ended at. Nothing runs
-inside the compiled loop, so a callback costs one call per chunk, never one per step.
+one after every compiled chunk of the solve (see `print_every` of
+[`eqbayes.Solver`][]), on the host, with the state the chunk ended at: in order, on
+one background thread, while the next chunk computes. Nothing runs inside the
+compiled loop, so a callback costs one call per chunk, never one per step.
 A subclass of [`eqbayes.callbacks.AbstractCallback`][] is also told when a run starts
 and ends.
 

@@ -3,6 +3,7 @@
 import glob
 import json
 import re
+import threading
 import time
 
 import blackjax
@@ -14,6 +15,7 @@ from conftest import tree_equal
 from problems import Coefficients, LIKELIHOOD_SCALE, mse, sincos_data
 
 import eqbayes as eb
+from eqbayes._chunks import ChunkSizes, REFRESH_SECONDS
 
 
 DATA = sincos_data()
@@ -123,6 +125,39 @@ def test_callbacks_do_not_change_the_chain():
     assert tree_equal(plain.posterior.samples, watched.posterior.samples)
 
 
+def test_watched_chunks_are_timed_and_reported_off_the_main_thread():
+    """Without `print_every`, a watched run starts with a chunk of 1 % of the solve,
+    then times its chunks; callbacks run in order on one background thread."""
+    threads, steps = [], []
+
+    def callback(record):
+        threads.append(threading.current_thread())
+        steps.append((record.step, record.steps))
+
+    model = _marked(warmup=100, keep=200)
+    solver = eb.Solver(mse, progress=False, callbacks=(callback,))
+    result = solver.run(model, key=jr.key(1), args=DATA)
+    assert steps[0] == (3, 3)  # ceil(300 / 100)
+    assert sum(n for _, n in steps) == 300 and steps[-1][0] == 300
+    assert [s for s, _ in steps] == sorted(s for s, _ in steps)
+    assert result.history.loss.shape == (len(steps),)
+    assert threading.main_thread() not in threads and len(set(threads)) == 1
+
+
+def test_chunk_sizes():
+    sizes = ChunkSizes(1000, every=None)
+    assert sizes.next(0) == 10
+    sizes.observe(10, seconds=0.01, host_seconds=0.0)  # 1 ms per step
+    assert sizes.next(10) == round(REFRESH_SECONDS / 1e-3)
+    # Slow host work (callbacks, checkpoints) makes the chunks longer: 20x it.
+    sizes.observe(100, seconds=0.1, host_seconds=0.025)
+    assert sizes.next(110) == 500
+    assert sizes.next(900) == 100  # never past the end
+    fixed = ChunkSizes(1000, every=300)
+    fixed.observe(300, seconds=10.0, host_seconds=1.0)
+    assert fixed.next(0) == 300 and fixed.next(900) == 100
+
+
 def test_end_is_called_when_a_run_fails():
     recorder = _Recorder(fail_at=30)
     solver = eb.Solver(mse, progress=False, print_every=10, callbacks=(recorder,))
@@ -189,10 +224,10 @@ def test_wandb_logger_offline(tmp_path, monkeypatch):
     # wandb's service process writes the file asynchronously, also after `finish`.
     deadline = time.monotonic() + 60
     rows = _wandb_history(tmp_path)
-    while len(rows) < 2 and time.monotonic() < deadline:
+    while len(rows) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
         rows = _wandb_history(tmp_path)
-    assert len(rows) == len(recorder.records) == 2
+    assert len(rows) == len(recorder.records) == 3  # 30 steps, chunks of 10
     for row, record in zip(rows, recorder.records):
         assert row["step"] == record.step
         np.testing.assert_allclose(row["loss"], record.loss, rtol=1e-6)
