@@ -461,10 +461,11 @@ class Solver(eqx.Module):
         one round of progress-bar update and callbacks per chunk (and one entry of
         `result.history`). By default, with nobody watching, the whole solve in one
         chunk; with a progress bar, callbacks or a checkpoint, chunks timed to last
-        about a quarter of a second each (after a first chunk of 1 % of the solve),
-        or longer when the callbacks are slow, so that watching costs next to
-        nothing. Set it for a fixed cadence (e.g. a `result.history` that is the same
-        from run to run).
+        about a quarter of a second each (after a first chunk of 1 % of the solve,
+        or sized from the pace of the last run of the same solve), or longer when
+        the callbacks are slow, so that watching costs next to nothing. Set it
+        for a fixed cadence (e.g. a `result.history` that is the same from run to
+        run).
     - `progress`: show a progress bar (needs `tqdm`: `pip install 'eqbayes[progress]'`;
         without it, no bar).
     - `callbacks`: callables called on the host after every chunk with an
@@ -867,13 +868,15 @@ class Solver(eqx.Module):
         # Chunks of `print_every` (or `checkpoint_every`) steps; else, with nobody
         # watching, the whole solve in one chunk, and chunks timed to a few per
         # second when somebody is.
+        fast = len(schedules) == 1 and done == 0 and steps == needed
+        every = self.print_every or checkpoint_every or (None if callbacks else steps)
         sizes = _chunks.ChunkSizes(
             steps,
-            every=self.print_every
-            or checkpoint_every
-            or (None if callbacks else steps),
+            every=every,
+            key=None
+            if every is not None
+            else _chunks.pace_key(program, fast, state, args, data),
         )
-        fast = len(schedules) == 1 and done == 0 and steps == needed
         warmup = next(iter(schedules))[0] if fast else 0
         records = []
 
@@ -906,6 +909,7 @@ class Solver(eqx.Module):
             at = 0
             while at < steps:
                 n = sizes.next(at)
+                host.release()  # the last chunk's host work runs while this computes
                 start = time.perf_counter()
                 if fast:
                     n_warm = min(n, max(0, warmup - at))

@@ -15,7 +15,7 @@ from conftest import tree_equal
 from problems import Coefficients, LIKELIHOOD_SCALE, mse, sincos_data
 
 import eqbayes as eb
-from eqbayes._chunks import ChunkSizes, REFRESH_SECONDS
+from eqbayes._chunks import _PACE, ChunkSizes, REFRESH_SECONDS
 
 
 DATA = sincos_data()
@@ -136,12 +136,18 @@ def test_watched_chunks_are_timed_and_reported_off_the_main_thread():
 
     model = _marked(warmup=100, keep=200)
     solver = eb.Solver(mse, progress=False, callbacks=(callback,))
+    _PACE.clear()
     result = solver.run(model, key=jr.key(1), args=DATA)
     assert steps[0] == (3, 3)  # ceil(300 / 100)
     assert sum(n for _, n in steps) == 300 and steps[-1][0] == 300
     assert [s for s, _ in steps] == sorted(s for s, _ in steps)
     assert result.history.loss.shape == (len(steps),)
     assert threading.main_thread() not in threads and len(set(threads)) == 1
+    # The same solve again starts from the pace it last ran at: these 300 steps
+    # take well under a quarter of a second, so one chunk.
+    steps.clear()
+    solver.run(model, key=jr.key(2), args=DATA)
+    assert steps == [(300, 300)]
 
 
 def test_chunk_sizes():
