@@ -214,10 +214,13 @@ class ProgressBar(AbstractCallback):
     **Arguments:**
 
     - `desc`: the bar's label.
+    - `delay`: seconds before the bar first appears: a solve that ends sooner shows
+        no bar, and costs no terminal output.
     """
 
-    def __init__(self, desc: str = "eqbayes"):
+    def __init__(self, desc: str = "eqbayes", delay: float = 0.5):
         self.desc = desc
+        self.delay = delay
         self._bar: Any = None
         self._stack: contextlib.ExitStack | None = None
 
@@ -225,7 +228,13 @@ class ProgressBar(AbstractCallback):
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        self._bar = tqdm(total=end - step, desc=self.desc, unit="step", leave=False)
+        self._bar = tqdm(
+            total=end - step,
+            desc=self.desc,
+            unit="step",
+            leave=False,
+            delay=self.delay,
+        )
         self._stack = contextlib.ExitStack()
         self._stack.callback(self._bar.close)
         self._stack.enter_context(logging_redirect_tqdm(loggers=[_logger()]))
