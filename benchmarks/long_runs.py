@@ -20,7 +20,8 @@ draws per chain (`long`) are solved, in this process, in six ways, interleaved
   with nothing watching: what each chunk boundary costs.
 
 Reported per case and way: chunks per solve, median seconds, and the ratio of the
-total times over the repetitions against `off` (wall and process CPU time), and the
+median times to `off`'s (wall and process CPU time; medians, because a shared
+machine's occasional slow repetition would otherwise dominate a total), and the
 cost of ten checkpoints against the same ten chunks without them. Targets on the
 quick example: `watched / off <= 1.05`; `checkpointed / off <= 1.10` (a checkpoint
 after every chunk costs at most 10 % of the solve). Each chunk boundary costs a
@@ -28,7 +29,7 @@ fixed amount of work (a dispatch, a host transfer, the callbacks, which run on a
 background thread while the next chunk computes), so fixed small chunks cost most
 on short solves.
 
-    python benchmarks/long_runs.py            # 10 repetitions
+    python benchmarks/long_runs.py            # 20 repetitions
     python benchmarks/long_runs.py --reps 3
 """
 
@@ -67,7 +68,7 @@ def loss(model, x, y):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=20)
     opts = parser.parse_args()
 
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -144,20 +145,22 @@ def measure(case, model, args, checkpoint, reps):
     )
     print(
         f"{'way':15} {'chunks':>7} {'median s':>9} {'ratio':>7} {'cpu':>7} "
-        f"{'target':>7}   (ratios: total time / off's)"
+        f"{'target':>7}   (ratios of the medians to off's)"
     )
     targets = {"watched": WATCH_TARGET, "checkpointed": CHECKPOINT_TARGET}
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     for name in names:
-        ratio = sum(wall[name]) / sum(wall["off"])
-        cpu_ratio = sum(cpu[name]) / sum(cpu["off"])
+        ratio = med[name] / med["off"]
+        cpu_ratio = med_cpu[name] / med_cpu["off"]
         target = targets.get(name)
         print(
             f"{name:15} {statistics.median(chunks[name]):7.0f} "
             f"{statistics.median(wall[name]):9.3f} {ratio:7.3f} {cpu_ratio:7.3f} "
             f"{'' if target is None else f'{target:.2f}':>7}"
         )
-    ratio = sum(wall["checkpointed10"]) / sum(wall["chunked10"])
-    cpu_ratio = sum(cpu["checkpointed10"]) / sum(cpu["chunked10"])
+    ratio = med["checkpointed10"] / med["chunked10"]
+    cpu_ratio = med_cpu["checkpointed10"] / med_cpu["chunked10"]
     print(
         f"ten checkpoints, against the same ten chunks without: {ratio:.3f} "
         f"(cpu {cpu_ratio:.3f})"
