@@ -21,9 +21,11 @@ device is a chip of its own and the same script measures the scaling.
 Both sides run the same solve with the same key (their chains are bitwise equal
 whenever every device holds at least two chains); each call is timed to
 `jax.block_until_ready` on the whole result after one warm-up call, the sides
-interleaved (alternating which goes first), the total over `reps` repetitions with
-new keys. Wall and process CPU time (all threads) are both reported: on a machine
-shared with other work, the CPU time is much less sensitive to competing load.
+interleaved (alternating which goes first), over `reps` repetitions with new keys:
+the median call for the one-device ratio (a shared machine's occasional slow call
+would dominate a total), the total for the throughputs. Wall and process CPU time
+(all threads) are both reported: on a machine shared with other work, the CPU time
+is much less sensitive to competing load.
 
     python benchmarks/sharding.py           # both measurements
     python benchmarks/sharding.py --quick   # shorter chains, fewer repetitions
@@ -31,6 +33,7 @@ shared with other work, the CPU time is much less sensitive to competing load.
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -77,35 +80,41 @@ def _run(args) -> None:
         )
         return lambda key: solver.run(model, key=key, args=(x, y), mesh=mesh)
 
-    def timed(sides):
-        """Total wall and process CPU time per side over `reps` interleaved calls."""
+    def timed(sides, summary=sum):
+        """Wall and process CPU time per side over `reps` interleaved calls, summed
+        (or summarised by `summary`, e.g. `statistics.median`)."""
         for run in sides.values():  # compile
             jax.block_until_ready(run(jax.random.key(0)))
-        wall = dict.fromkeys(sides, 0.0)
-        cpu = dict.fromkeys(sides, 0.0)
+        wall = {name: [] for name in sides}
+        cpu = {name: [] for name in sides}
         names = list(sides)
         for rep in range(args.reps):
             order = names if rep % 2 == 0 else names[::-1]
             for name in order:
                 start, start_cpu = time.perf_counter(), time.process_time()
                 jax.block_until_ready(sides[name](jax.random.key(rep + 1)))
-                wall[name] += time.perf_counter() - start
-                cpu[name] += time.process_time() - start_cpu
-        return wall, cpu
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+        return (
+            {k: summary(v) for k, v in wall.items()},
+            {k: summary(v) for k, v in cpu.items()},
+        )
 
     devices = np.array(jax.devices())
     print(f"{len(devices)} device(s): {devices[0].platform}; load {os.getloadavg()}")
     if args.part == "one-device":
         mesh = Mesh(devices[:1], ("chains",))
-        wall, cpu = timed({"no mesh": make(4, None), "mesh": make(4, mesh)})
+        wall, cpu = timed(
+            {"no mesh": make(4, None), "mesh": make(4, mesh)}, statistics.median
+        )
         print(
             f"one-device mesh vs no mesh (NUTS, 4 chains, warmup {args.warmup}, "
             f"keep {args.keep}, {args.reps} reps; target ratio <= 1.05):"
         )
         for what, t in (("wall", wall), ("cpu", cpu)):
             print(
-                f"  {what:>4}: no mesh {t['no mesh']:.3f} s, mesh {t['mesh']:.3f} s, "
-                f"ratio {t['mesh'] / t['no mesh']:.3f}"
+                f"  {what:>4}: median no mesh {t['no mesh']:.4f} s, mesh "
+                f"{t['mesh']:.4f} s, ratio {t['mesh'] / t['no mesh']:.3f}"
             )
         return
     mesh = Mesh(devices, ("chains",))
@@ -140,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     args.warmup = args.warmup or (100 if args.quick else 300)
     args.keep = args.keep or (300 if args.quick else 2000)
-    args.reps = args.reps or (3 if args.quick else 6)
+    args.reps = args.reps or (3 if args.quick else 12)
     if args.part is not None:
         _run(args)
         return
