@@ -19,9 +19,10 @@ draws per chain (`long`) are solved, in this process, in six ways, interleaved
   (`print_every=steps // 10`, resp. `checkpoint_every=steps // 10`), and ten chunks
   with nothing watching: what each chunk boundary costs.
 
-Reported per case and way: chunks per solve, median seconds, and the ratio of the
-median times to `off`'s (wall and process CPU time; medians, because a shared
-machine's occasional slow repetition would otherwise dominate a total), and the
+Reported per case and way: chunks per solve, median seconds, and the median over
+repetitions of the paired ratio to `off` (the same key, so the same chain and the
+same work; wall and process CPU time; a median, because a shared machine's
+occasional slow repetition would otherwise dominate a total), and the
 cost of ten checkpoints against the same ten chunks without them. Targets on the
 quick example: `watched / off <= 1.05`; `checkpointed / off <= 1.10` (a checkpoint
 after every chunk costs at most 10 % of the solve). Each chunk boundary costs a
@@ -145,22 +146,26 @@ def measure(case, model, args, checkpoint, reps):
     )
     print(
         f"{'way':15} {'chunks':>7} {'median s':>9} {'ratio':>7} {'cpu':>7} "
-        f"{'target':>7}   (ratios of the medians to off's)"
+        f"{'target':>7}   (median of the paired ratios to off)"
     )
     targets = {"watched": WATCH_TARGET, "checkpointed": CHECKPOINT_TARGET}
-    med = {k: statistics.median(v) for k, v in wall.items()}
-    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+
+    def paired(times, name, base):
+        """The median over repetitions of `name`'s time over `base`'s (the same
+        key, so the same chain and work, one right after the other)."""
+        return statistics.median(a / b for a, b in zip(times[name], times[base]))
+
     for name in names:
-        ratio = med[name] / med["off"]
-        cpu_ratio = med_cpu[name] / med_cpu["off"]
+        ratio = paired(wall, name, "off")
+        cpu_ratio = paired(cpu, name, "off")
         target = targets.get(name)
         print(
             f"{name:15} {statistics.median(chunks[name]):7.0f} "
             f"{statistics.median(wall[name]):9.3f} {ratio:7.3f} {cpu_ratio:7.3f} "
             f"{'' if target is None else f'{target:.2f}':>7}"
         )
-    ratio = med["checkpointed10"] / med["chunked10"]
-    cpu_ratio = med_cpu["checkpointed10"] / med_cpu["chunked10"]
+    ratio = paired(wall, "checkpointed10", "chunked10")
+    cpu_ratio = paired(cpu, "checkpointed10", "chunked10")
     print(
         f"ten checkpoints, against the same ten chunks without: {ratio:.3f} "
         f"(cpu {cpu_ratio:.3f})"

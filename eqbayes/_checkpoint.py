@@ -193,6 +193,18 @@ def save(path: str | os.PathLike, state: PyTree) -> None:
         eb.save("run.eqx", state)
         ```
     """
+    write(path, state, describe(state))
+
+
+def describe(state: PyTree) -> dict[str, dict[str, str]]:
+    """What must match for a checkpoint of `state` to be loaded: its leaves' names,
+    shapes and dtypes and its static configuration (the same for every state of
+    one solve, so a run describes its state once)."""
+    return _describe(state)
+
+
+def write(path: str | os.PathLike, state: PyTree, description: dict) -> None:
+    """[`eqbayes.save`][] with the state's `describe(state)` already at hand."""
     path = Path(path)
     buffer = io.BytesIO()
     eqx.tree_serialise_leaves(buffer, _keys_to_data(state))
@@ -201,7 +213,7 @@ def save(path: str | os.PathLike, state: PyTree) -> None:
         "version": _VERSION,
         "size": len(payload),
         "sha256": hashlib.sha256(payload).hexdigest(),
-        **_describe(state),
+        **description,
     }
     head = json.dumps(header).encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -76,26 +76,37 @@ def pace_key(program: Any, *parts: Any) -> Any:
     return key
 
 
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_WORKER = "eqbayes-host"
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The one background thread of every run in this process (a thread that lives
+    on: a new one would set up JAX's per-thread state again in every run)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=_WORKER)
+    return _POOL
+
+
 class HostWork:
-    """Runs each chunk's host work on one background thread, in order, while the
-    next chunk computes (on a CPU, XLA runs a small program on the calling thread,
-    so without a thread the two could not overlap).
+    """Runs each chunk's host work on a background thread, in order, while the next
+    chunk computes (on a CPU, XLA runs a small program on the calling thread, so
+    without a thread the two could not overlap).
 
     A job waits for `release()`, which the run calls just before it dispatches the
     next chunk: the job's Python then runs while that chunk computes (with the
     interpreter lock released), never while the dispatch needs the lock. At most one
     job is in flight: `submit` first waits for the previous one and re-raises its
     exception. Leaving the context runs the last job and waits for it (a checkpoint
-    is never left half-done). With `threaded=False` jobs run at once, on the calling
+    is never left half-done). With `threaded=False`, or in a run started by a
+    callback (on the background thread itself), jobs run at once, on the calling
     thread.
     """
 
     def __init__(self, threaded: bool):
-        self._pool = (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eqbayes")
-            if threaded
-            else None
-        )
+        nested = threading.current_thread().name.startswith(_WORKER)
+        self._pool = _pool() if threaded and not nested else None
         self._job: concurrent.futures.Future | None = None
         self._go = threading.Event()
         self.seconds = 0.0  # how long the last finished job took
@@ -129,12 +140,8 @@ class HostWork:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        try:
-            if exc_info[0] is None:
-                self.wait()
-            elif self._job is not None:  # finish it, but keep the first error
-                self.release()
-                concurrent.futures.wait([self._job])
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+        if exc_info[0] is None:
+            self.wait()
+        elif self._job is not None:  # finish it, but keep the first error
+            self.release()
+            concurrent.futures.wait([self._job])

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from ._checkpoint import save
+from . import _checkpoint
 from ._wrappers import AbstractGroup, is_group
 
 
@@ -332,12 +332,16 @@ class Checkpoint(AbstractCallback):
         self.path = os.fspath(path)
         self.every = every
         self._last: float = -math.inf
+        self._description: dict | None = None
 
     def start(self, step: int, end: int) -> None:
         self._last = step
+        self._description = None
 
     def __call__(self, record: ChunkRecord) -> None:
         every = 1 if self.every is None else self.every
         if record.step - self._last >= every or record.step == record.end:
-            save(self.path, record.state)
+            if self._description is None:  # the same for every state of a run
+                self._description = _checkpoint.describe(record.state)
+            _checkpoint.write(self.path, record.state, self._description)
             self._last = record.step

@@ -143,11 +143,30 @@ def test_watched_chunks_are_timed_and_reported_off_the_main_thread():
     assert [s for s, _ in steps] == sorted(s for s, _ in steps)
     assert result.history.loss.shape == (len(steps),)
     assert threading.main_thread() not in threads and len(set(threads)) == 1
+    assert threads[0].name.startswith("eqbayes-host")
     # The same solve again starts from the pace it last ran at: these 300 steps
     # take well under a quarter of a second, so one chunk.
     steps.clear()
     solver.run(model, key=jr.key(2), args=DATA)
     assert steps == [(300, 300)]
+
+
+def test_a_callback_may_run_a_solve():
+    """A solve started inside a callback (on the background thread) runs its own
+    callbacks at once, on that thread, instead of waiting for itself."""
+    inner = []
+
+    def callback(record):
+        if not inner:
+            solver = eb.Solver(
+                mse, progress=False, callbacks=(lambda r: inner.append(r.step),)
+            )
+            solver.run(_marked(warmup=5, keep=5), key=jr.key(3), args=DATA)
+
+    eb.Solver(mse, progress=False, print_every=25, callbacks=(callback,)).run(
+        _marked(), key=jr.key(0), args=DATA
+    )
+    assert inner and inner[-1] == 10
 
 
 def test_chunk_sizes():

@@ -19,6 +19,7 @@ from conftest import tree_equal
 from problems import Coefficients, LIKELIHOOD_SCALE, mse, sincos_data
 
 import eqbayes as eb
+import eqbayes._checkpoint
 
 
 DATA = sincos_data()
@@ -279,11 +280,14 @@ def test_killed_process_resumes(tmp_path):
 
 def test_checkpoint_every(tmp_path, monkeypatch):
     saved = []
-    save = eb.callbacks.save
+    write = eqbayes._checkpoint.write
     monkeypatch.setattr(
-        eb.callbacks,
-        "save",
-        lambda p, state: (saved.append(int(state.step)), save(p, state)),
+        eqbayes._checkpoint,
+        "write",
+        lambda p, state, description: (
+            saved.append(int(state.step)),
+            write(p, state, description),
+        ),
     )
     chunks = []
     solver = eb.Solver(
