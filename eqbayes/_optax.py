@@ -115,6 +115,10 @@ class OptaxGroup(AbstractGroup):
         return True
 
     @property
+    def representative(self) -> bool:
+        return self.chains == "first"
+
+    @property
     def num_chains(self) -> int:
         return 1
 

@@ -623,10 +623,9 @@ class Solver(eqx.Module):
         if missing:
             raise ValueError(_SUBSTEP_MISSING.format(names=missing))
         for group in groups:
-            config = getattr(group, "config", None)
-            if config is not None and getattr(config, "init", None) is not None:
+            if group.initializer is not None:
                 raise ValueError(_SUBSTEP_INIT.format(name=group.name))
-            if config is not None and getattr(config, "adapts", False):
+            if group.adapts:
                 raise ValueError(_SUBSTEP_ADAPT.format(name=group.name))
 
     def _log_init(self, state: SolverState, data, batch_size):
@@ -659,15 +658,14 @@ class Solver(eqx.Module):
             if self.optimizer is not None and self.optimizer_chains == "first":
                 logger.warning(_REPRESENTATIVE.format(k=chained[0].num_chains))
             for g in groups:
-                if getattr(g, "chains", None) == "first":
+                if g.representative:
                     logger.warning(
                         f"Group '{g.name}': "
                         + _REPRESENTATIVE.format(k=chained[0].num_chains)
                     )
         if trained:
             for g in chained:
-                config = getattr(g, "config", None)
-                if config is not None and config.adapts:
+                if g.adapts:
                     logger.warning(_ADAPT_MIXED.format(name=g.name))
 
     def _check_loss(self, loss, model, args):

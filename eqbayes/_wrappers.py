@@ -96,6 +96,23 @@ class AbstractGroup(eqx.Module):
         return True
 
     @property
+    def adapts(self) -> bool:
+        """Whether the group tunes itself during warmup (window adaptation) against
+        the other parts' values of the moment."""
+        return False
+
+    @property
+    def initializer(self) -> Any:
+        """The group's log-density-aware initializer (`init=`), or None."""
+        return None
+
+    @property
+    def representative(self) -> bool:
+        """Whether a group without chains takes its gradient at chain 0 of the
+        chained groups (an optax group with `chains="first"`)."""
+        return False
+
+    @property
     @abc.abstractmethod
     def schedule(self) -> tuple[int, int, int]:
         """`(warmup, keep, thin)`: the solver steps this group needs."""
@@ -208,6 +225,14 @@ class BayesianLeaf(AbstractGroup):
     @property
     def minibatched(self) -> bool:
         return self.config.kernel.is_stochastic_gradient
+
+    @property
+    def adapts(self) -> bool:
+        return self.config.adapts
+
+    @property
+    def initializer(self) -> Any:
+        return self.config.init
 
     def log_density(self, loss_value, position):
         log_prior = self.config.prior(position)
