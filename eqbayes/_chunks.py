@@ -118,9 +118,11 @@ class HostWork:
         fn(*args)
         self.seconds = time.perf_counter() - start
 
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+    def submit(self, fn: Callable[..., None], *args: Any, last: bool = False) -> None:
+        """Queues `fn(*args)`; the `last` job of a run (nothing left to overlap it
+        with) runs at once, on the calling thread."""
         self.wait()
-        if self._pool is None:
+        if self._pool is None or last:
             self._timed(None, fn, *args)
         else:
             self._go = threading.Event()

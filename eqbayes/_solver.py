@@ -471,9 +471,9 @@ class Solver(eqx.Module):
     - `callbacks`: callables called on the host after every chunk with an
         [`eqbayes.callbacks.ChunkRecord`][] (step, loss, per-group running
         statistics, the state), e.g. [`eqbayes.callbacks.WandbLogger`][]. Never
-        called inside the compiled loop: they run in order on one background
-        thread while the next chunk computes (an exception in a callback stops the
-        run after that chunk).
+        called inside the compiled loop: they run in order on a background thread
+        while the next chunk computes (those of the last chunk on the calling
+        thread); an exception in a callback stops the run after that chunk.
     - `optimizer_chains`: with K > 1 chains, `optimizer`'s gradient is taken at
         chain 0 of the sampled groups (`"first"`) or averaged over the K chains
         (`"mean"`); see [`eqbayes.optimise`][].
@@ -927,7 +927,7 @@ class Solver(eqx.Module):
                 if sizes.timed:
                     jax.block_until_ready(record)
                     sizes.observe(n, time.perf_counter() - start, host.seconds)
-                host.submit(tell, state, record, n)
+                host.submit(tell, state, record, n, last=at == steps)
         history = _history(records)
         assert state is not None
         result = self.result(state, history)

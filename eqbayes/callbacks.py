@@ -86,7 +86,7 @@ class ChunkRecord(eqx.Module):
     - `end`: the step this run stops at (`step == end` on the last chunk).
     - `loss`: the loss at the end of the chunk, averaged over chains.
     - `groups`: `{group name: GroupRecord}` for every group with posterior draws
-        (optax parts have none).
+        (optax parts have none); worked out from `state` when first asked for.
     - `neg_elbo`: `{group name: negative ELBO}` of variational groups (empty when
         there are none).
     - `state`: the [`eqbayes.SolverState`][] at the end of the chunk (e.g. to save
@@ -97,9 +97,22 @@ class ChunkRecord(eqx.Module):
     steps: int
     end: int
     loss: float
-    groups: dict[str, GroupRecord]
     neg_elbo: dict[str, float]
     state: PyTree
+    _groups: dict[str, dict[str, GroupRecord]] = eqx.field(
+        static=True, default_factory=dict, repr=False
+    )
+
+    @property
+    def groups(self) -> dict[str, GroupRecord]:
+        # Only callbacks that ask pay for the statistics (a progress bar or a
+        # checkpoint does not), and they pay once.
+        if "groups" not in self._groups:
+            step = self.step
+            leaves = jax.tree.leaves(self.state.model, is_leaf=is_group)
+            sampled = [leaf for leaf in leaves if is_group(leaf) and leaf.sampled]
+            self._groups["groups"] = {g.name: _group_record(g, step) for g in sampled}
+        return self._groups["groups"]
 
     def metrics(self) -> dict[str, float | int]:
         """The record as flat, named numbers, as logged by
@@ -171,15 +184,11 @@ def chunk_record(
     neg_elbo: dict[str, Any] | None = None,
 ) -> ChunkRecord:
     """The record of a chunk that ended at `state` (called by `Solver.run`)."""
-    step = int(state.step)
-    leaves = jax.tree.leaves(state.model, is_leaf=is_group)
-    groups = [leaf for leaf in leaves if is_group(leaf) and leaf.sampled]
     return ChunkRecord(
-        step=step,
+        step=int(state.step),
         steps=steps,
         end=end,
         loss=float(loss),
-        groups={g.name: _group_record(g, step) for g in groups},
         neg_elbo={k: float(v) for k, v in (neg_elbo or {}).items()},
         state=state,
     )
