@@ -39,7 +39,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import blackjax
@@ -49,6 +48,8 @@ import jax.numpy as jnp
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved  # noqa: E402
+
 import eqbayes as eb  # noqa: E402
 
 
@@ -124,21 +125,11 @@ def measure(case, model, args, checkpoint, reps):
             checkpoint_every=steps // 10,
         ),
     }
-    for fn in ways.values():
-        jax.block_until_ready(fn(jax.random.key(0)))
-    wall = {k: [] for k in ways}
-    cpu = {k: [] for k in ways}
     chunks = {k: [] for k in ways}
+    wall, cpu = interleaved(
+        ways, reps, lambda name, result: chunks[name].append(result.history.loss.size)
+    )
     names = list(ways)
-    for rep in range(reps):
-        key = jax.random.key(1 + rep)
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for name in order:
-            t0, c0 = time.perf_counter(), time.process_time()
-            result = jax.block_until_ready(ways[name](key))
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-            chunks[name].append(result.history.loss.shape[0])
     size = os.path.getsize(checkpoint)
     print(
         f"\n{case}: 4-chain NUTS, warmup 500, {model.config.keep} draws per chain, "

@@ -26,7 +26,9 @@ out what a solve costs once (eqbayes: `init`'s checks, building the `Result`).
 """
 
 import argparse
-import time
+import functools
+import sys
+from pathlib import Path
 
 import blackjax
 import equinox as eqx
@@ -36,6 +38,10 @@ import jax.random as jr
 import optax
 
 import eqbayes as eb
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved, per_step  # noqa: E402
 
 
 PATTERN_B_TARGET = 1.10
@@ -134,29 +140,17 @@ def handwritten_pattern_b(net, warmup, keep):
     return run
 
 
-def per_step(makers, lengths, data, reps):
-    """Seconds per step of each side: the marginal cost of the longer solve's extra
-    steps (difference of the total times over the difference of the steps), which
-    leaves out what a solve costs once (eqbayes: `init`'s checks, building the
-    `Result`). `makers[side](n)` builds a solve of `n` steps; every (side, length)
-    is compiled first, then run `reps` times, interleaved, with new keys. Also
-    returns the total time per (side, length)."""
-    runs = {(side, n): make(n) for side, make in makers.items() for n in lengths}
-    for fn in runs.values():  # compile
-        jax.block_until_ready(fn(jr.key(0), data))
-    totals = dict.fromkeys(runs, 0.0)
-    names = list(runs)
-    for rep in range(reps):
-        for name in names if rep % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            jax.block_until_ready(runs[name](jr.key(rep + 1), data))
-            totals[name] += time.perf_counter() - start
-    short, long = lengths
-    step = {
-        side: (totals[side, long] - totals[side, short]) / ((long - short) * reps)
-        for side in makers
+def step_times(makers, lengths, data, reps):
+    """Seconds per step of each side (`makers[side](n)` builds a solve of `n` steps,
+    called as `run(key, data)`), as the marginal cost of the longer of two solves
+    (`_timing.per_step`), and the total time per (side, length)."""
+    runs = {
+        (side, n): functools.partial(make(n), data=data)
+        for side, make in makers.items()
+        for n in lengths
     }
-    return step, totals
+    wall, _ = interleaved(runs, reps)
+    return per_step(wall, list(makers), lengths), {k: sum(v) for k, v in wall.items()}
 
 
 # -- SGLD step against one value_and_grad -----------------------------------------
@@ -290,7 +284,7 @@ def main():
 
     net = eqx.nn.MLP(1, 1, 64, 3, key=jr.key(0))
     lengths = (steps // 4, steps)
-    step, totals = per_step(
+    step, totals = step_times(
         {
             "eqbayes": lambda n: eqbayes_pattern_b(net, n // 2, n // 2),
             "hand-written": lambda n: handwritten_pattern_b(net, n // 2, n // 2),
@@ -311,7 +305,7 @@ def main():
 
     small = eqx.nn.MLP(1, 1, 32, 2, key=jr.key(0))
     count = sum(x.size for x in jax.tree.leaves(eqx.filter(small, eqx.is_array)))
-    step, _ = per_step(
+    step, _ = step_times(
         {
             "sgld": lambda n: sgld_steps(small, n),
             "hand-written": lambda n: handwritten_sgld_steps(small, n),

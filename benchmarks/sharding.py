@@ -21,7 +21,7 @@ device is a chip of its own and the same script measures the scaling.
 Both sides run the same solve with the same key (their chains are bitwise equal
 whenever every device holds at least two chains); each call is timed to
 `jax.block_until_ready` on the whole result after one warm-up call, the sides
-interleaved (alternating which goes first), over `reps` repetitions with new keys:
+interleaved (the order rotated), over `reps` repetitions with new keys:
 the median call for the one-device ratio (a shared machine's occasional slow call
 would dominate a total), the total for the throughputs. Wall and process CPU time
 (all threads) are both reported: on a machine shared with other work, the CPU time
@@ -36,7 +36,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 
 def _run(args) -> None:
@@ -53,6 +52,9 @@ def _run(args) -> None:
     from jax.sharding import Mesh
 
     import eqbayes as eb
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _timing import interleaved
 
     class Coefficients(eqx.Module):
         a: jax.Array
@@ -83,18 +85,7 @@ def _run(args) -> None:
     def timed(sides, summary=sum):
         """Wall and process CPU time per side over `reps` interleaved calls, summed
         (or summarised by `summary`, e.g. `statistics.median`)."""
-        for run in sides.values():  # compile
-            jax.block_until_ready(run(jax.random.key(0)))
-        wall = {name: [] for name in sides}
-        cpu = {name: [] for name in sides}
-        names = list(sides)
-        for rep in range(args.reps):
-            order = names if rep % 2 == 0 else names[::-1]
-            for name in order:
-                start, start_cpu = time.perf_counter(), time.process_time()
-                jax.block_until_ready(sides[name](jax.random.key(rep + 1)))
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
+        wall, cpu = interleaved(sides, args.reps)
         return (
             {k: summary(v) for k, v in wall.items()},
             {k: summary(v) for k, v in cpu.items()},

@@ -10,7 +10,7 @@ from q, all in one `jax.jit`. Both sides evaluate the same log density (the same
 loss and the same `eb.priors.gaussian` object) in float32.
 
 Steady state: after one warm-up call per side and length, `reps` calls of each, all
-interleaved (alternating the order), each with a new key, timed to
+interleaved (the order rotated), each with a new key, timed to
 `jax.block_until_ready`; every side solves at two lengths (a fifth of `steps`, and
 `steps`). The step time is the marginal cost of the longer solve's extra steps
 (difference of the mean times over the difference of the steps), which leaves out
@@ -25,7 +25,6 @@ the whole `steps`-long solves, and each side's fixed cost per solve.
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,8 @@ from blackjax.vi.meanfield_vi import MFVIState
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved, per_step  # noqa: E402
+
 import eqbayes as eb  # noqa: E402
 
 
@@ -130,12 +131,6 @@ def build(case: str, side: str, steps: int) -> Callable[[jax.Array], Any]:
     raise ValueError(f"unknown side {side!r}")
 
 
-def _time(run: Callable[[jax.Array], Any], key: jax.Array) -> tuple[float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    jax.block_until_ready(run(key))
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -154,34 +149,16 @@ def main() -> None:
         f"load average: {', '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}"
     )
     failed = False
+    sides = ["eqbayes", "blackjax"]
     for case in args.cases:
         runs = {
-            (side, n): build(case, side, n)
-            for side in ("eqbayes", "blackjax")
-            for n in (short, steps)
+            (side, n): build(case, side, n) for side in sides for n in (short, steps)
         }
-        for run in runs.values():
-            _time(run, jax.random.key(100))  # compile
-        walls: dict[Any, list[float]] = {k: [] for k in runs}
-        cpus: dict[Any, list[float]] = {k: [] for k in runs}
-        for rep in range(reps):
-            order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
-            for k in order:
-                wall, cpu = _time(runs[k], jax.random.key(101 + rep))
-                walls[k].append(wall)
-                cpus[k].append(cpu)
+        walls, cpus = interleaved(runs, reps)
+        step = per_step(walls, sides, (short, steps))
+        step_cpu = per_step(cpus, sides, (short, steps))
         total = {k: sum(v) / reps for k, v in walls.items()}
-        total_cpu = {k: sum(v) / reps for k, v in cpus.items()}
-        # Step time: the marginal cost of the extra steps of the longer solve.
-        step = {
-            side: (total[side, steps] - total[side, short]) / (steps - short)
-            for side in ("eqbayes", "blackjax")
-        }
-        step_cpu = {
-            side: (total_cpu[side, steps] - total_cpu[side, short]) / (steps - short)
-            for side in ("eqbayes", "blackjax")
-        }
-        fixed = {side: total[side, short] - short * step[side] for side in step}
+        fixed = {side: total[side, short] - short * step[side] for side in sides}
         ratio = step["eqbayes"] / step["blackjax"]
         cpu_ratio = step_cpu["eqbayes"] / step_cpu["blackjax"]
         solve = total["eqbayes", steps] / total["blackjax", steps]

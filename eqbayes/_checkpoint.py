@@ -112,7 +112,10 @@ def _leaves(state: PyTree) -> dict[str, str]:
     return out
 
 
-def _describe(state: PyTree) -> dict[str, dict[str, str]]:
+def describe(state: PyTree) -> dict[str, dict[str, str]]:
+    """What must match for a checkpoint of `state` to be loaded: its leaves' names,
+    shapes and dtypes and its static configuration (the same for every state of
+    one solve, so a run describes its state once)."""
     statics: dict[str, str] = {}
     _statics(state, "state", statics)
     return {"leaves": _leaves(state), "config": statics}
@@ -196,13 +199,6 @@ def save(path: str | os.PathLike, state: PyTree) -> None:
     write(path, state, describe(state))
 
 
-def describe(state: PyTree) -> dict[str, dict[str, str]]:
-    """What must match for a checkpoint of `state` to be loaded: its leaves' names,
-    shapes and dtypes and its static configuration (the same for every state of
-    one solve, so a run describes its state once)."""
-    return _describe(state)
-
-
 def write(path: str | os.PathLike, state: PyTree, description: dict) -> None:
     """[`eqbayes.save`][] with the state's `describe(state)` already at hand."""
     path = Path(path)
@@ -284,7 +280,7 @@ def load(path: str | os.PathLike, *, like: PyTree) -> PyTree:
         raise ValueError(_CORRUPT.format(path=name, why=why))
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise ValueError(_CORRUPT.format(path=name, why="the checksum does not match"))
-    diffs = _differences(header, _describe(like))
+    diffs = _differences(header, describe(like))
     if diffs:
         shown = "; ".join(diffs[:_SHOWN])
         if len(diffs) > _SHOWN:

@@ -887,18 +887,16 @@ class Solver(eqx.Module):
                 for callback in callbacks:
                     callback(chunk)
 
-        logger.info(
-            (
-                f"Fast path: warmup and draws without per-step bookkeeping, {steps} "
-                if fast
-                else f"General path: {steps} "
-            )
-            + (
-                f"steps in chunks of {sizes.size}."
-                if not sizes.timed
-                else f"steps in chunks timed to about {_chunks.REFRESH_SECONDS} s."
-            )
+        path = (
+            "Fast path (warmup and draws without per-step bookkeeping)"
+            if fast
+            else "General path (the fast path needs one warmup/keep/thin for all "
+            "sampling groups and a fresh solve of exactly their length)"
         )
+        cadence = (
+            f"about {_chunks.REFRESH_SECONDS} s each" if sizes.timed else sizes.size
+        )
+        logger.info(f"{path}: {steps} steps in chunks of {cadence}.")
         with (
             _running(callbacks, done, done + steps),
             _sharding.using(mesh),

@@ -17,6 +17,7 @@ are imported when a run starts, never at `import eqbayes`.
 
 import abc
 import contextlib
+import functools
 import math
 import os
 from typing import Any
@@ -99,20 +100,14 @@ class ChunkRecord(eqx.Module):
     loss: float
     neg_elbo: dict[str, float]
     state: PyTree
-    _groups: dict[str, dict[str, GroupRecord]] = eqx.field(
-        static=True, default_factory=dict, repr=False
-    )
 
-    @property
+    @functools.cached_property
     def groups(self) -> dict[str, GroupRecord]:
         # Only callbacks that ask pay for the statistics (a progress bar or a
         # checkpoint does not), and they pay once.
-        if "groups" not in self._groups:
-            step = self.step
-            leaves = jax.tree.leaves(self.state.model, is_leaf=is_group)
-            sampled = [leaf for leaf in leaves if is_group(leaf) and leaf.sampled]
-            self._groups["groups"] = {g.name: _group_record(g, step) for g in sampled}
-        return self._groups["groups"]
+        leaves = jax.tree.leaves(self.state.model, is_leaf=is_group)
+        sampled = [leaf for leaf in leaves if is_group(leaf) and leaf.sampled]
+        return {g.name: _group_record(g, self.step) for g in sampled}
 
     def metrics(self) -> dict[str, float | int]:
         """The record as flat, named numbers, as logged by
