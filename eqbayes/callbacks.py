@@ -46,6 +46,10 @@ _NO_RUN = (
     "`eb.callbacks.WandbLogger()`: no wandb run is active. Call `wandb.init(...)` "
     "before `solver.run(...)`, or pass the run: `WandbLogger(run=wandb.init(...))`."
 )
+_DELAY = (
+    "`eb.callbacks.ProgressBar(delay={value!r})`: `delay` must be a number of seconds "
+    ">= 0 (0.0 shows the bar at once)."
+)
 _EVERY = (
     "`eb.callbacks.Checkpoint(path, every={value!r})`: `every` must be a positive "
     "integer (solver steps between checkpoints) or None (after every chunk)."
@@ -222,7 +226,13 @@ class ProgressBar(AbstractCallback):
         no bar, and costs no terminal output.
     """
 
-    def __init__(self, desc: str = "eqbayes", delay: float = 0.5):
+    def __init__(self, desc: str = "eqbayes", delay: Any = 0.5):
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, (int, float))
+            or not delay >= 0
+        ):
+            raise ValueError(_DELAY.format(value=delay))
         self.desc = desc
         self.delay = delay
         self._bar: Any = None

@@ -284,6 +284,9 @@ def test_bad_callbacks():
         eb.Solver(mse, callbacks=(3,))
     with pytest.raises(ValueError, match=re.escape("`every` must be a positive")):
         eb.callbacks.Checkpoint("x.eqx", every=0)
+    for delay in (-1.0, float("nan"), "1", True):
+        with pytest.raises(ValueError, match=re.escape("`delay` must be a number")):
+            eb.callbacks.ProgressBar(delay=delay)
     with pytest.raises(ValueError, match=re.escape("needs `checkpoint=path`")):
         eb.Solver(mse, progress=False).run(
             _marked(), key=jr.key(0), args=DATA, checkpoint_every=10
