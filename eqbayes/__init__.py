@@ -14,7 +14,18 @@ from . import (
     plot as plot,
     priors as priors,
 )
+from ._bayesian import bayesian as bayesian, BayesianLeaf as BayesianLeaf
 from ._checkpoint import load as load, save as save
+from ._groups import (
+    AbstractChainGroup as AbstractChainGroup,
+    AbstractGroup as AbstractGroup,
+    Context as Context,
+    Draws as Draws,
+    GroupResult as GroupResult,
+    Mode as Mode,
+    Solve as Solve,
+)
+from ._marking import mark as mark, MaskedGroup as MaskedGroup, unwrap as unwrap
 from ._mcmc import KernelDiagnostics as KernelDiagnostics
 from ._optax import OptaxGroup as OptaxGroup, optimise as optimise
 from ._posterior import History as History, Posterior as Posterior, Result as Result
@@ -26,12 +37,6 @@ from ._vi import (
     MeanFieldGaussian as MeanFieldGaussian,
     vi as vi,
     VIGroup as VIGroup,
-)
-from ._wrappers import (
-    bayesian as bayesian,
-    BayesianLeaf as BayesianLeaf,
-    MaskedGroup as MaskedGroup,
-    unwrap as unwrap,
 )
 from .diagnostics import ess as ess, rhat as rhat
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import PyTree
 
-from ._wrappers import path_str
+from ._marking import path_str
 
 
 _MAGIC = b"EQBAYES-CHECKPOINT\n"

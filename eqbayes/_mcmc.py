@@ -1,4 +1,5 @@
-"""The state and the mechanics of one MCMC group: init, one transition, recording."""
+"""The state and the mechanics of one MCMC group: init and one transition of its K
+chains, and their adaptation."""
 
 import dataclasses
 from collections.abc import Callable
@@ -9,12 +10,12 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from ._adaptation import window_init, window_update, WindowAdaptationState
 from ._custom_types import ArrayTree
+from ._groups import Context, Draws, Mode
 from ._kernels import info_fields, KernelSpec, position_of
-from ._sharding import chains_axis, over_devices
 
 
 # `(position) -> log density` for one chain, given the other groups' positions.
@@ -44,10 +45,10 @@ class KernelDiagnostics(eqx.Module):
         (the work per draw).
     """
 
-    is_divergent: Bool[Array, "chain draw"] | None = None
-    acceptance_rate: Float[Array, "chain draw"] | None = None
-    energy: Float[Array, "chain draw"] | None = None
-    num_integration_steps: Int[Array, "chain draw"] | None = None
+    is_divergent: Bool[ArrayLike, "chain draw"] | None = None
+    acceptance_rate: Float[ArrayLike, "chain draw"] | None = None
+    energy: Float[ArrayLike, "chain draw"] | None = None
+    num_integration_steps: Int[ArrayLike, "chain draw"] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,25 +74,24 @@ class MCMCConfig:
         """Whether window adaptation runs during warmup."""
         return self.adapt and self.kernel.is_hmc_family and self.warmup > 0
 
-    @property
-    def steps(self) -> int:
-        """Solver steps to warm up and collect `keep` draws."""
-        return self.warmup + self.keep * self.thin
-
 
 class MCMCState(eqx.Module):
     """Everything an MCMC group carries between solver steps.
 
-    Every array has the chain axis first, except the shared `step_size`,
-    `inverse_mass_matrix` and `adaptation`.
+    **Fields:**
+
+    - `kernel_state`: blackjax's state of the K chains (chain axis first).
+    - `step_size`, `inverse_mass_matrix`: shared by the chains (None for kernels
+        that take none).
+    - `adaptation`: the window adaptation's state (None without adaptation).
+    - `draws`: the kept `(position, {diagnostic field: value})` of the K chains.
     """
 
     kernel_state: ArrayTree
     step_size: Float[Array, ""] | None
     inverse_mass_matrix: Float[Array, "..."] | None
     adaptation: WindowAdaptationState | None
-    samples: ArrayTree
-    diagnostics: KernelDiagnostics
+    draws: Draws
 
 
 def _kernel_kwargs(
@@ -162,34 +162,21 @@ def initial_positions(
     return jax.tree.unflatten(treedef, out)
 
 
-def over_chains(fn: Callable, *batched: Any) -> Any:
-    """`jax.vmap(fn)` over the leading chain axis, or a plain call when there is one
-    chain: a vmap of size one still costs NUTS's dynamic loops noticeably. In a
-    solve placed on a mesh, each device vmaps its own chains."""
-    if chains_axis():
-        return over_devices(fn, *batched)
-    size = jax.tree.leaves(batched)[0].shape[0]
-    if size > 1:
-        return jax.vmap(fn)(*batched)
-    out = fn(*jax.tree.map(lambda x: x[0], batched))
-    return jax.tree.map(lambda x: jnp.expand_dims(jnp.asarray(x), 0), out)
-
-
 def init_state(
     config: MCMCConfig,
     arrays: dict[str, Array],
     positions: ArrayTree,
     logdensity_for: Callable[[ArrayTree], LogDensity],
-    others: ArrayTree,
+    ctx: Context,
     name: str,
     key: PRNGKeyArray,
     adapt_mass_matrix: bool = True,
 ) -> MCMCState:
     """Builds the group's state from its K starting positions (chain axis first).
 
-    `logdensity_for` and `others` are as in `step_state`; `key` seeds kernels
-    whose initial state is random (SGNHT's momentum). A `step_size` in `arrays`
-    (set by an initializer) replaces the configured one.
+    `logdensity_for` maps one chain's slice of `ctx.others` to that chain's log
+    density; `key` seeds kernels whose initial state is random (SGNHT's momentum).
+    A `step_size` in `arrays` (set by an initializer) replaces the configured one.
     """
     one = jax.tree.map(lambda x: x[0], positions)
     dtype = jax.tree.leaves(one)[0].dtype
@@ -204,12 +191,12 @@ def init_state(
         imm = arrays.get("inverse_mass_matrix", jnp.ones(flat.size, dtype))
     kwargs = _kernel_kwargs(config, step_size, imm, arrays)
 
-    def init_one(position, others_k, key_k):
+    def init_one(others_k, position, key_k):
         algorithm, _ = _algorithm(spec, logdensity_for(others_k), kwargs)
         return _init_kernel(spec, algorithm, position, key_k)
 
     keys = jr.split(key, config.num_chains)
-    kernel_state = over_chains(init_one, positions, others, keys)
+    kernel_state = ctx.over_chains(init_one, positions, keys)
     position_of(kernel_state, spec, name)  # a clear error for an odd custom state
     adaptation = None
     if config.adapts:
@@ -221,73 +208,67 @@ def init_state(
         algorithm, step_kwargs = _algorithm(spec, logdensity_for(others_0), kwargs)
         return _step_kernel(spec, algorithm, step_kwargs, jr.key(0), state)[1]
 
-    first = jax.tree.map(lambda x: x[0], (kernel_state, others))
-    info_shapes = jax.eval_shape(probe, *first)
+    first = jax.tree.map(lambda x: x[0], kernel_state)
+    info_shapes = jax.eval_shape(probe, first, ctx.chain(0))
     if config.adapts and "acceptance_rate" not in info_shapes:
         raise ValueError(_NO_ACCEPTANCE.format(name=name, kernel=spec.name))
-    shape = (config.num_chains, config.keep)
-    diagnostics = KernelDiagnostics(
-        **{f: jnp.zeros(shape, s.dtype) for f, s in info_shapes.items()}
+    diagnostics = {
+        f: jnp.zeros((config.num_chains,), s.dtype) for f, s in info_shapes.items()
+    }
+    draws = Draws.empty(
+        (positions, diagnostics),
+        warmup=config.warmup,
+        keep=config.keep,
+        thin=config.thin,
     )
-    samples = jax.tree.map(
-        lambda x: jnp.zeros((x.shape[0], config.keep, *x.shape[1:]), x.dtype), positions
-    )
-    return MCMCState(kernel_state, step_size, imm, adaptation, samples, diagnostics)
+    return MCMCState(kernel_state, step_size, imm, adaptation, draws)
 
 
 def step_state(
     config: MCMCConfig,
     arrays: dict[str, Array],
     state: MCMCState,
-    key: PRNGKeyArray,
-    step: Int[Array, ""],
     logdensity_for: Callable[[ArrayTree], LogDensity],
-    others: ArrayTree,
-    *,
-    refresh: bool,
-    phase: str,
+    ctx: Context,
     name: str,
-) -> tuple[MCMCState, dict[str, Array]]:
-    """One transition of every chain of the group, then adaptation.
+) -> MCMCState:
+    """One transition of every chain of the group, then adaptation, then the draw.
 
     **Arguments:**
 
-    - `logdensity_for`: maps the other groups' positions at one chain to that
-        chain's log density of this group.
-    - `others`: the other groups' positions, chain axis first (vmapped).
-    - `refresh`: re-initialise the kernel state at its position before stepping, so
-        that its cached log density and gradient reflect the other groups' current
-        values (exact Metropolis-within-Gibbs).
-    - `phase`: `"warmup"` (statically warming up), `"sample"` (statically past
-        warmup) or `"any"` (decided from `step`).
-
-    **Returns:**
-
-    The new state and the transition's diagnostic fields, each `(K,)`.
+    - `logdensity_for`: maps one chain's slice of `ctx.others` (the other chain
+        groups' positions) to that chain's log density of this group.
+    - `ctx.refresh`: re-initialise the kernel state at its position before
+        stepping, so that its cached log density and gradient reflect the other
+        groups' current values (exact Metropolis-within-Gibbs).
+    - `ctx.mode`: `WARMUP` (adapt, keep nothing), `DRAWS` (past warmup, write the
+        draw's slot) or `GENERAL` (decided from `ctx.step`).
     """
     spec = config.kernel
     kwargs = _kernel_kwargs(config, state.step_size, state.inverse_mass_matrix, arrays)
 
-    def one_chain(kernel_state, others_k, key_k):
+    def one_chain(others_k, kernel_state, key_k):
         algorithm, step_kwargs = _algorithm(spec, logdensity_for(others_k), kwargs)
         # Stochastic-gradient states cache no log density: nothing to refresh.
-        if refresh and not spec.is_stochastic_gradient:
+        if ctx.refresh and not spec.is_stochastic_gradient:
             position = position_of(kernel_state, spec, name)
             kernel_state = algorithm.init(position)
         return _step_kernel(spec, algorithm, step_kwargs, key_k, kernel_state)
 
     # One chain uses the group's key as it is (a split costs a hash per step).
+    key = ctx.key
+    assert key is not None
     keys = jr.split(key, config.num_chains) if config.num_chains > 1 else key[None]
-    kernel_state, info = over_chains(one_chain, state.kernel_state, others, keys)
+    kernel_state, info = ctx.over_chains(one_chain, state.kernel_state, keys)
     state = eqx.tree_at(lambda s: s.kernel_state, state, kernel_state)
 
-    if config.adapts and phase != "sample":
+    if config.adapts and ctx.mode is not Mode.DRAWS:
 
         def adapt(s):
             assert s.adaptation is not None
             positions = position_of(s.kernel_state, spec, name)
             adaptation, step_size, imm = window_update(
-                s.adaptation, step, positions, info["acceptance_rate"]
+                s.adaptation, ctx.step, positions, info["acceptance_rate"]
             )
             return eqx.tree_at(
                 lambda x: (x.adaptation, x.step_size, x.inverse_mass_matrix),
@@ -295,67 +276,10 @@ def step_state(
                 (adaptation, step_size.astype(s.step_size.dtype), imm),
             )
 
-        if phase == "warmup":
+        if ctx.mode is Mode.WARMUP:
             state = adapt(state)
         else:
-            state = jax.lax.cond(step < config.warmup, adapt, lambda s: s, state)
-    return state, info
-
-
-def record(
-    config: MCMCConfig,
-    state: MCMCState,
-    step: Int[Array, ""],
-    info: dict[str, Array],
-    spec_name: str,
-    *,
-    always: bool,
-) -> MCMCState:
-    """Writes the draw of solver step `step` into the sample buffers.
-
-    A draw is taken after every `thin`-th post-warmup step; buffers are rings of
-    `keep` slots, so a longer solve keeps the last `keep` draws. With `always=True`
-    the slot of `step`'s draw is written unconditionally: the caller runs whole
-    draws past warmup, so the last write to each slot is its draw.
-    """
-    offset = step - config.warmup
-    slot = (offset // config.thin) % config.keep
-    take = (
-        jnp.asarray(True)
-        if always
-        else (offset >= 0) & (offset % config.thin == config.thin - 1)
-    )
-    position = position_of(state.kernel_state, config.kernel, spec_name)
-
-    # `lax.dynamic_update_*` rather than `.at[].set`: the latter lowers to a
-    # scatter, several times slower per step on CPU.
-    def write(buffer, value):
-        value = value.astype(buffer.dtype)
-        if not always:
-            old = jax.lax.dynamic_index_in_dim(buffer, slot, axis=1, keepdims=False)
-            value = jnp.where(take, value, old)
-        return jax.lax.dynamic_update_index_in_dim(buffer, value, slot, axis=1)
-
-    samples = jax.tree.map(write, state.samples, position)
-    diagnostics = KernelDiagnostics(
-        **{f: write(getattr(state.diagnostics, f), v) for f, v in info.items()}
-    )
-    return eqx.tree_at(
-        lambda s: (s.samples, s.diagnostics), state, (samples, diagnostics)
-    )
-
-
-def num_recorded(config: MCMCConfig, steps_done: int) -> int:
-    """How many draws a group has taken after `steps_done` solver steps."""
-    return max(0, (steps_done - config.warmup) // config.thin)
-
-
-def chronological(config: MCMCConfig, buffer: Any, steps_done: int) -> Any:
-    """The draws of a ring buffer `(K, keep, ...)` in the order they were taken."""
-    n = num_recorded(config, steps_done)
-    if n < config.keep:
-        return jax.tree.map(lambda b: b[:, :n], buffer)
-    shift = n % config.keep
-    if shift == 0:
-        return buffer
-    return jax.tree.map(lambda b: jnp.roll(b, -shift, axis=1), buffer)
+            state = jax.lax.cond(ctx.step < config.warmup, adapt, lambda s: s, state)
+    position = position_of(state.kernel_state, spec, name)
+    draws = state.draws.record(ctx.step, (position, info), ctx.mode)
+    return eqx.tree_at(lambda s: s.draws, state, draws)

@@ -1,6 +1,7 @@
-"""Point estimates with optax: the `eb.optimise` wrapper and the update both it and
-`Solver(optimizer=...)` use."""
+"""Point estimates with optax: the `eb.optimise` group (also what
+`Solver(optimizer=...)` makes of the unmarked leaves)."""
 
+import logging
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -11,7 +12,11 @@ import optax
 from jaxtyping import PyTree
 
 from ._custom_types import ArrayTree
-from ._wrappers import _HAS_STATE, AbstractGroup, mark
+from ._groups import AbstractGroup, Context, GroupResult, Solve
+from ._marking import mark
+
+
+logger = logging.getLogger("eqbayes")
 
 
 Chains = Literal["first", "mean"]
@@ -23,6 +28,13 @@ _NOT_OPTIMIZER = (
 _CHAINS = (
     "`{call}`: `{arg}` must be 'first' (the gradient at chain 0 of the sampled "
     "groups) or 'mean' (the gradient averaged over their K chains); got {value!r}."
+)
+_REPRESENTATIVE = (
+    "Group '{name}': with K={k} chains, the optimiser's gradient is taken at chain 0 "
+    "of the sampled groups (one representative: a stochastic-approximation EM "
+    "step), not at each chain. Pass `optimizer_chains='mean'` (`chains='mean'` in "
+    "`eb.optimise`) to average it over the chains, or `num_chains=1` for "
+    "independent solves."
 )
 
 
@@ -51,27 +63,22 @@ def check_chains(value: Any, call: str, arg: str) -> None:
 
 def update(
     optimizer: optax.GradientTransformation,
-    loss_for: Callable[[Any], Callable[[ArrayTree], Any]],
     params: ArrayTree,
     opt_state: PyTree,
-    others: dict,
+    ctx: Context,
     chains: Chains,
 ) -> tuple[ArrayTree, PyTree]:
-    """One optax step on `params`.
+    """One optax step on `params`, on the loss with the chain groups at chain 0
+    (`"first"`, a stochastic-approximation EM step) or averaged over the K chains
+    (`"mean"`, a Monte Carlo EM estimate of the expected gradient)."""
 
-    `loss_for(others_k)` is the loss as a function of `params` with the sampled
-    groups at one chain's positions; `others` holds those positions, chain axis
-    first. With K > 1 chains the gradient is taken at chain 0 (`"first"`, a
-    stochastic-approximation EM step) or averaged over the K chains (`"mean"`, a
-    Monte Carlo EM estimate of the expected gradient).
-    """
-    num_chains = max((x.shape[0] for x in jax.tree.leaves(others)), default=1)
-    if chains == "mean" and num_chains > 1:
-        grads = jax.vmap(lambda o: jax.grad(loss_for(o))(params))(others)
-        grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+    def grad(others_k):
+        return jax.grad(ctx.loss_fn(others_k, minibatch=True))(params)
+
+    if chains == "mean" and ctx.num_chains > 1:
+        grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), jax.vmap(grad)(ctx.others))
     else:
-        first = jax.tree.map(lambda x: x[0], others)
-        grads = jax.grad(loss_for(first))(params)
+        grads = grad(ctx.chain(0))
     # Standard promotion for the optimiser's own arithmetic (optax mixes Python
     # floats with integer step counts), whatever the user's promotion setting.
     with jax.numpy_dtype_promotion("standard"):
@@ -103,80 +110,37 @@ class OptaxGroup(AbstractGroup):
     marked_with: ClassVar[str] = "eb.optimise"
 
     @property
-    def chained(self) -> bool:
-        return False
-
-    @property
-    def sampled(self) -> bool:
-        return False
-
-    @property
     def minibatched(self) -> bool:
         return True
-
-    @property
-    def representative(self) -> bool:
-        return self.chains == "first"
-
-    @property
-    def num_chains(self) -> int:
-        return 1
-
-    @property
-    def schedule(self) -> tuple[int, int, int]:
-        return 0, 0, 1
 
     def current(self) -> PyTree:
         if self.state is None:
             return self.value
         return self.materialise(self.state.params)
 
-    def log_density(self, loss_value, position):
-        del position
-        return -loss_value
-
-    def start(self, key):
-        del key
-        return self.initial_position()
-
-    def initialise(self, positions, logdensity_for, others, key):
-        del logdensity_for, others, key
+    def init(self, ctx):
+        del ctx
+        params = self.initial_position()
         with jax.numpy_dtype_promotion("standard"):
-            state = OptaxState(positions, self.optimizer.init(positions))
+            state = OptaxState(params, self.optimizer.init(params))
         return eqx.tree_at(lambda g: g.state, self, state, is_leaf=lambda x: x is None)
 
-    def transition(
-        self, key, step, logdensity_for, others, *, refresh, phase, recording
-    ):
-        del key, step, refresh, phase, recording
+    def step(self, ctx):
         assert self.state is not None
-
-        def loss_for(others_k):
-            logdensity = logdensity_for(others_k)
-            return lambda params: -logdensity(params)
-
         params, opt_state = update(
-            self.optimizer,
-            loss_for,
-            self.state.params,
-            self.state.opt_state,
-            others,
-            self.chains,
+            self.optimizer, self.state.params, self.state.opt_state, ctx, self.chains
         )
         return eqx.tree_at(lambda g: g.state, self, OptaxState(params, opt_state))
 
-    def positions(self):
-        raise NotImplementedError("An optax group has no chains.")
+    def monitor(self):
+        return {}
 
-    def draws(self, steps_done):
-        return None
+    def result(self, ctx):
+        return GroupResult()
 
-    def kernel_diagnostics(self, steps_done):
-        return None
-
-    def check(self) -> None:
-        if self.state is not None:
-            raise ValueError(_HAS_STATE.format(name=self.name))
+    def check(self, solve: Solve) -> None:
+        if self.chains == "first" and solve.num_chains > 1:
+            logger.warning(_REPRESENTATIVE.format(name=self.name, k=solve.num_chains))
 
     def describe(self) -> str:
         return f"Group '{self.name}': point estimate with optax (no draws stored)"
@@ -228,4 +192,4 @@ def optimise(
     def make(subtree: PyTree, group_name: str) -> OptaxGroup:
         return OptaxGroup(subtree, optimizer, chains, group_name)  # pyright: ignore
 
-    return mark(model, where, make, name, "optimise", mask)
+    return mark(model, make, where=where, mask=mask, name=name, call="eb.optimise")

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from . import _summary
+from ._checks import count
 from ._mcmc import KernelDiagnostics
 
 
@@ -77,7 +78,7 @@ class Posterior(eqx.Module):
         leaves in `summary` and `to_arviz` (filled in by the solver).
     """
 
-    samples: PyTree[Float[Array, "chain draw ..."] | None]
+    samples: PyTree[Float[Array, "chain _draw ..."] | None]
     diagnostics: dict[str, KernelDiagnostics | None]
     model: PyTree
     labels: tuple[tuple[str, str, str], ...] = eqx.field(static=True, default=())
@@ -130,12 +131,8 @@ class Posterior(eqx.Module):
             raise ValueError(_SAMPLES.format(value=samples))
         if batch_size is None:
             batch_size = DEFAULT_PREDICT_BATCH
-        elif (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or (batch_size < 1)
-        ):
-            raise ValueError(_BATCH.format(value=batch_size))
+        else:
+            count(batch_size, _BATCH.format(value=batch_size))
         if samples == "chain" and not self.has_chain:
             raise ValueError(_NO_CHAIN)
         if samples == "point" or not self.has_chain:
@@ -210,9 +207,13 @@ class Result(eqx.Module):
     - `variational`: `{group name: fitted q}` for the variational groups
         ([`eqbayes.MeanFieldGaussian`][] or [`eqbayes.FullRankGaussian`][]); empty
         when there are none.
+    - `state`: the final [`eqbayes.SolverState`][]: continue the solve with
+        `solver.run(model, key=key, state=result.state, steps=n)`, or save it with
+        [`eqbayes.save`][].
     """
 
     model: PyTree
     posterior: Posterior
     history: History
     variational: dict[str, Any] = eqx.field(default_factory=dict)
+    state: Any = None

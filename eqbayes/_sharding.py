@@ -1,20 +1,26 @@
 """Placing a solve on a device mesh: chains over `"chains"`, data over `"data"`.
 
 eqbayes runs sharded solves on JAX's own SPMD machinery. The state is placed once
-with `NamedSharding`s (the chain axis of every kernel state, sample buffer and
-diagnostics buffer over the mesh's `"chains"` axis, everything else replicated; the
-`data=` pytree along its leading axis over `"data"`), and the compiled step follows
-its inputs: XLA partitions the vmapped chains and inserts the reductions of a
-data-parallel loss. The only cross-chain computation, the shared window adaptation,
-first gathers the chains' acceptance rates and positions (`gathered`), so that every
-device reduces them in the order one device would. Each device vmaps its own block
-of chains (`over_devices`), so a sharded solve gives bitwise the chains of the
-unsharded one whenever every device holds at least two chains (with exactly one,
-XLA compiles the chain's program without its batch axis and may sum a gradient in
-another order: the chains then agree to rounding, then drift apart).
+with `NamedSharding`s (the parts of each chain group that carry the chain axis, as
+its `chain_axes()` says, over the mesh's `"chains"` axis, everything else
+replicated; the `data=` pytree along its leading axis over `"data"`), and the
+compiled step follows its inputs: XLA partitions the vmapped chains and inserts the
+reductions of a data-parallel loss. The only cross-chain computation, the shared
+window adaptation, first gathers the chains' acceptance rates and positions
+(`gathered`), so that every device reduces them in the order one device would. Each
+device vmaps its own block of chains (`over_devices`). A sharded solve gives every
+chain the keys and starting point of the unsharded solve with the same key, but not
+necessarily its bits: XLA compiles each device's step for a batch of K / n chains
+instead of K and may then carry out an operation in another order (on CPU, for
+instance, a gradient's sum over the data points), whatever the number of chains per
+device. The chains then agree to rounding and may later drift apart
+(docs/scaling.md lists measured cases). A one-device mesh compiles the unsharded
+program and gives its bits; the same key, mesh and K give the same bits on every
+run.
 """
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -107,34 +113,29 @@ def place(tree: Any, mesh: Mesh) -> Any:
     return _device_put(tree, jax.tree.map(lambda _: replicate, tree))
 
 
-def place_model(model: Any, mesh: Mesh) -> Any:
-    """Places a marked model on `mesh`: the chain axis of each MCMC group's kernel
-    state, samples and diagnostics over `"chains"`; everything else (the marked
-    values, the shared step size, inverse mass matrix and adaptation, groups
-    without chains) replicated."""
-    from ._mcmc import MCMCState  # (this module is imported by `_mcmc`)
-
+def place_model(model: Any, mesh: Mesh, chain_axes: Callable[[Any], Any]) -> Any:
+    """Places a marked model on `mesh`. `chain_axes(node)` is, for a node of the
+    model, a prefix pytree of it: True over the parts whose arrays have the chain
+    axis first (sharded over `"chains"`), False over the rest (replicated); None
+    for a node that is not a group of chains (replicated whole)."""
     chained = NamedSharding(mesh, P(CHAINS))
     replicate = NamedSharding(mesh, P())
 
-    def like(tree, sharding):
-        return jax.tree.map(lambda _: sharding, tree)
-
-    def sharding(x):
-        if not isinstance(x, MCMCState):
-            return replicate
-        return eqx.tree_at(
-            lambda s: (s.kernel_state, s.samples, s.diagnostics),
-            like(x, replicate),
-            (
-                like(x.kernel_state, chained),
-                like(x.samples, chained),
-                like(x.diagnostics, chained),
+    def sharding(node):
+        flags = chain_axes(node)
+        if flags is None:
+            return jax.tree.map(lambda _: replicate, node)
+        return jax.tree.map(
+            lambda flag, part: jax.tree.map(
+                lambda _: chained if flag else replicate, part
             ),
+            flags,
+            node,
         )
 
+    is_node = lambda x: chain_axes(x) is not None  # noqa: E731
     shardings = jax.tree.map(
-        sharding, model, is_leaf=lambda x: isinstance(x, MCMCState)
+        lambda x: sharding(x) if is_node(x) else replicate, model, is_leaf=is_node
     )
     return _device_put(model, shardings)
 
@@ -194,3 +195,19 @@ def gathered(tree: Any) -> Any:
     if not chains_axis():
         return tree
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, P()), tree)
+
+
+def over_chains(fn: Callable, *batched: Any) -> Any:
+    """`jax.vmap(fn)` over the leading chain axis, or a plain call when there is one
+    chain: a vmap of size one still costs NUTS's dynamic loops noticeably. In a
+    solve placed on a mesh, each device vmaps its own chains. Without any leaf
+    (no chains at all) `fn` is called once and its output gets a leading axis of
+    one."""
+    if chains_axis():
+        return over_devices(fn, *batched)
+    leaves = jax.tree.leaves(batched)
+    size = leaves[0].shape[0] if leaves else 1
+    if size > 1:
+        return jax.vmap(fn)(*batched)
+    out = fn(*jax.tree.map(lambda x: x[0], batched))
+    return jax.tree.map(lambda x: jnp.expand_dims(jnp.asarray(x), 0), out)

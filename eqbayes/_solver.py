@@ -1,34 +1,56 @@
-"""The Solver: `init -> step -> result`, and `run` as compiled chunks of steps."""
+"""The Solver: `init -> step -> result`, and `run`, the host driver around them."""
 
 import collections
-import contextlib
-import dataclasses
 import importlib.util
 import logging
+import math
 import os
-import time
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jax.sharding import Mesh
-from jaxtyping import Array, Int, PRNGKeyArray, PyTree
+from jaxtyping import PRNGKeyArray, PyTree
 
-from . import _chunks, _optax, _sharding
-from ._custom_types import ArrayTree
-from ._mcmc import over_chains
+from . import _optax, _run, _sharding
+from ._checks import count, is_count
+from ._groups import (
+    AbstractChainGroup,
+    AbstractGroup,
+    check_fresh,
+    Context,
+    is_group,
+    Mode,
+    Solve,
+)
+from ._loop import (
+    chain_positions,
+    init_program,
+    loss_args,
+    Parts,
+    Program,
+    SolverState,
+    split_key,
+    step_program,
+    unmarked_leaves,
+)
+from ._marking import collapse, unwrap
+from ._optax import OptaxGroup
 from ._posterior import History, Posterior, Result
 from ._summary import diagnostics_line, group_labels
-from ._wrappers import AbstractGroup, collapse, is_group, unwrap
-from .callbacks import AbstractCallback, Checkpoint, chunk_record, ProgressBar
+from .callbacks import Checkpoint, ProgressBar
 
 
 logger = logging.getLogger("eqbayes")
+
+#: The name of the optax group that `Solver(optimizer=...)` makes of the unmarked
+#: leaves (in logs and messages).
+UNMARKED = "unmarked leaves"
 
 _NO_GROUPS = (
     "`Solver.init(model, ...)`: the model has no Bayesian groups and the solver has "
@@ -40,23 +62,34 @@ _CHAINS = (
     "number of chains, but {detail}. Pass the same `num_chains=` to every "
     "`eb.bayesian(...)` call."
 )
+_NOTHING_TO_OPTIMISE = (
+    "`Solver(loss, optimizer=...)`: every floating-point leaf of the model belongs "
+    "to a group, so the optimiser has nothing to train. Drop `optimizer=` (or mark "
+    "fewer leaves)."
+)
 _LOSS_SHAPE = (
     "`Solver(loss)`: the loss must return a scalar, but `loss(model, *args)` returned "
-    "{what}. Reduce it, e.g. with `jnp.mean(...)` or `jnp.sum(...)`."
+    "{what}. Reduce it to a scalar. The posterior is exp(-likelihood_scale * loss) "
+    "x prior: a sum of negative log-likelihoods (`jnp.sum(...)`) with "
+    "`likelihood_scale=1` is the exact posterior; a mean over N points "
+    "(`jnp.mean(...)`) divides the log-likelihood by N, so pass "
+    "`likelihood_scale=N` (N / (2σ²) for a mean squared error with noise σ), or "
+    "the posterior comes out far too wide."
 )
 _LOSS_FAILED = (
-    "`Solver.init(model, ...)`: calling `loss(model, *args)` on the unwrapped model "
-    "failed: {err}"
+    "`Solver.init(model, ...)`: the error above came from calling "
+    "`loss(model, *args)` on the unwrapped model. The loss is traced by JAX (as "
+    "inside every compiled step), so it must be a JAX-traceable function of the "
+    "model's arrays: use `jnp.where` or `jax.lax.cond` instead of a Python `if` on "
+    "an array value."
 )
-_STEPS = (
-    "`Solver.run(..., steps={steps!r})`: group '{name}' needs {need} steps "
-    "(warmup {warmup} + keep {keep} x thin {thin}). Pass `steps >= {need}` or "
-    "`steps=None` for exactly that."
+_NON_FINITE_START = (
+    "`Solver.init(model, ...)`: the loss at the starting point is not finite "
+    "({values}) for chain(s) {chains}, so every transition from there would be "
+    "rejected. Check the model's initial values and `args`/`data` for NaNs or "
+    "infinities, or start elsewhere (`init_jitter=`, an initializer, other values "
+    "in the model)."
 )
-_STEPS_TYPE = (
-    "`Solver.run(..., steps={steps!r})`: `steps` must be a positive integer or None."
-)
-_NOT_YET = "`{call}`: {what} are not available in this version of eqbayes."
 _KEY = (
     "`Solver.{fn}(..., key=...)`: `key` must be a JAX PRNG key such as "
     "`jax.random.key(0)` (or a legacy `jax.random.PRNGKey(0)`); got {what}."
@@ -75,32 +108,89 @@ _PRINT_EVERY = (
     "`Solver(..., print_every={value!r})`: `print_every` must be a positive integer "
     "(steps per compiled chunk) or None."
 )
-
-
-class SolverState(eqx.Module):
-    """Everything a solve carries from one step to the next.
-
-    **Fields:**
-
-    - `model`: the marked model; each group wrapper holds its state (kernel states
-        of the K chains, step size, inverse mass matrix, adaptation, sample buffers,
-        optax states).
-    - `step`: solver steps taken so far.
-    - `key`: the solve's key; step `t` uses `jax.random.fold_in(key, t)`, so a
-        solve can be chunked, stepped by hand or resumed without changing its chain.
-    - `opt_state`: the state of `Solver(optimizer=...)` for the unmarked leaves
-        (None without one).
-    - `data_order`: with minibatches, the current epoch's permutation of the data
-        (None without).
-    - `batch_size`: the minibatch size (static; None: no minibatches).
-    """
-
-    model: PyTree
-    step: Int[Array, ""]
-    key: PRNGKeyArray
-    opt_state: PyTree = None
-    data_order: Int[Array, " data"] | None = None
-    batch_size: int | None = eqx.field(static=True, default=None)
+_STEPS = (
+    "`Solver.run(..., steps={steps!r})`: group '{name}' needs {need} steps "
+    "(warmup {warmup} + keep {keep} x thin {thin}). Pass `steps >= {need}` or "
+    "`steps=None` for exactly that."
+)
+_STEPS_TYPE = (
+    "`Solver.run(..., steps={steps!r})`: `steps` must be a positive integer or None."
+)
+_NEED_STEPS = (
+    "`Solver.run(model, steps=None, ...)`: no group samples a chain, so there is no "
+    "schedule to take the length from. Pass `steps=`."
+)
+_NEED_KEY = (
+    "`Solver.run(model, ...)`: pass `key=` (a JAX PRNG key such as "
+    "`jax.random.key(0)`) to start a solve, or `state=` to continue one."
+)
+_STATE_KEY = (
+    "`Solver.run(..., key=..., state=state)`: `state` was started with another key, "
+    "and a continued solve keeps the key it started with. Pass the key of the "
+    "first run, or leave `key=` out."
+)
+_STATE_MODEL = (
+    "`Solver.run(model, ..., state=state)`: `model` does not match the model "
+    "`state` was started from ({why}). A continued solve goes on with the model in "
+    "`state`; pass the model of the first run (or `None`)."
+)
+_STATE_BATCH = (
+    "`Solver.run(..., batch_size={value!r}, state=state)`: `state` was started with "
+    "`batch_size={had!r}`, and a continued solve keeps it. Pass the same "
+    "`batch_size` (or leave it out)."
+)
+_STATE_INIT = (
+    "`Solver.run(..., state=state)`: `{arg}=` only applies when a solve starts; "
+    "the state is already placed and initialised. Leave `{arg}=` out."
+)
+_SUBSTEP_TYPE = (
+    "`Solver(..., substeps=...)`: each substep must be an `eb.Substep(loss, "
+    "groups)`; got an object of type `{type}`."
+)
+_SUBSTEPS_OPTIMIZER = (
+    "`Solver(..., optimizer=..., substeps=...)`: with substeps, give each trained "
+    "part a name and a substep: mark it with `eb.optimise(model, optimizer, "
+    "where=..., name=...)` instead of `Solver(optimizer=...)`."
+)
+_SUBSTEP_UNKNOWN = (
+    "`Solver(..., substeps=...)`: substep {n} names group '{name}', but the model's "
+    "groups are {names}."
+)
+_SUBSTEP_TWICE = (
+    "`Solver(..., substeps=...)`: group '{name}' is in substeps {a} and {b}; each "
+    "group moves in exactly one substep."
+)
+_SUBSTEP_MISSING = (
+    "`Solver(..., substeps=...)`: the groups {names} are in no substep, so they "
+    "would never move. Add them to a substep."
+)
+_STEP_NEEDS_DATA = (
+    "`Solver.step(state, ...)` / `Solver.run(..., state=state)`: the state was "
+    "initialised with minibatches, so pass the same `data=` (or a `batch=` of your "
+    "own to `step`)."
+)
+_DATA_TYPE = (
+    "`Solver.init(..., data=..., batch_size=...)`: to draw minibatches, `data` must "
+    "be a pytree of arrays with a common leading axis (the data points)."
+)
+_DATA_SIZES = (
+    "`Solver.init(..., data=..., batch_size=...)`: to draw minibatches, every leaf of "
+    "`data` needs the same leading axis (one row per data point); got leading sizes "
+    "{sizes}."
+)
+_BATCH_SIZE = (
+    "`Solver.init(..., batch_size={value!r})`: `batch_size` must be an integer "
+    "between 1 and the number of data points ({n})."
+)
+_BATCH_WITHOUT_DATA = (
+    "`Solver.init(..., batch_size=...)`: minibatches are drawn from `data=`; pass "
+    "the data as `data=` (a pytree with one row per data point)."
+)
+_BATCH_UNUSED = (
+    "`Solver.init(..., batch_size=...)`: no part of this model uses minibatches "
+    "(stochastic-gradient kernels, VI and optax parts do; full-data kernels always "
+    "see all of `data`). Drop `batch_size=`."
+)
 
 
 class Substep(eqx.Module):
@@ -126,321 +216,15 @@ class Substep(eqx.Module):
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Program:
-    """What a compiled step needs to know beyond the state (hashable, static)."""
-
-    loss: Callable[..., Any]
-    optimizer: Any
-    optimizer_chains: str
-    substeps: tuple[Substep, ...]
-
-
-# -- the pure mechanics ---------------------------------------------------------
-
-# Minibatch orders use keys from their own stream: step keys are
-# `fold_in(key, step)` with `step < 2**31`.
-_DATA_STREAM = 0xFFFFFFFF
-
-
-def _flatten(model: PyTree):
-    leaves, treedef = jax.tree.flatten(model, is_leaf=is_group)
-    gidx = tuple(i for i, leaf in enumerate(leaves) if is_group(leaf))
-    return leaves, treedef, gidx
-
-
-def _plain_at(leaves, treedef, gidx, positions: dict[int, ArrayTree]) -> PyTree:
-    """The plain model with group j at `positions[j]` (one chain); groups without
-    chains (absent from `positions`) at their current value."""
-    new = list(leaves)
-    for j in gidx:
-        if j in positions:
-            new[j] = leaves[j].materialise(positions[j])
-        else:
-            new[j] = leaves[j].current()
-    return collapse(jax.tree.unflatten(treedef, new))
-
-
-def _logdensity_for(loss, leaves, treedef, gidx, i, args) -> Callable:
-    """`others_k -> (theta -> log density of group i at chain k)`."""
-    leaves = tuple(leaves)
-    group = leaves[i]
-
-    def for_chain(others_k):
-        def logdensity(theta):
-            model = _plain_at(leaves, treedef, gidx, {**others_k, i: theta})
-            return group.log_density(loss(model, *args), theta)
-
-        return logdensity
-
-    return for_chain
-
-
-def _positions(leaves, gidx, exclude: int | None = None) -> dict[int, ArrayTree]:
-    """The chained groups' positions, chain axis first."""
-    return {
-        j: leaves[j].positions() for j in gidx if j != exclude and leaves[j].chained
-    }
-
-
-def _rest_indices(leaves, gidx) -> tuple[int, ...]:
-    """The unmarked floating-point leaves: what `Solver(optimizer=...)` trains."""
-    marked = set(gidx)
-    return tuple(
-        i for i, x in enumerate(leaves) if i not in marked and eqx.is_inexact_array(x)
-    )
-
-
-def _train_rest(program: _Program, leaves, treedef, gidx, opt_state, args):
-    """One optax step on the unmarked leaves, the groups at their positions."""
-    index = _rest_indices(leaves, gidx)
-
-    def loss_for(others_k):
-        def loss(params):
-            new = list(leaves)
-            for i, p in zip(index, params):
-                new[i] = p
-            return program.loss(_plain_at(new, treedef, gidx, others_k), *args)
-
-        return loss
-
-    params, opt_state = _optax.update(
-        program.optimizer,
-        loss_for,
-        [leaves[i] for i in index],
-        opt_state,
-        _positions(leaves, gidx),
-        program.optimizer_chains,  # type: ignore[arg-type]
-    )
-    leaves = list(leaves)
-    for i, p in zip(index, params):
-        leaves[i] = p
-    return leaves, opt_state
-
-
-def _num_data(data) -> int:
-    return jax.tree.leaves(data)[0].shape[0]
-
-
-def _next_batch(state: "SolverState", data):
-    """The step's minibatch: epoch-wise shuffling without replacement. Each epoch
-    (`N // batch_size` steps; the last incomplete batch is dropped) draws a fresh
-    permutation, from the solve's key and the epoch number."""
-    assert state.batch_size is not None and state.data_order is not None
-    n = _num_data(data)
-    per_epoch = n // state.batch_size
-    i = state.step % per_epoch
-
-    def reshuffle(_):
-        stream = jr.fold_in(state.key, jnp.uint32(_DATA_STREAM))
-        key = jr.fold_in(stream, state.step // per_epoch)
-        return jr.permutation(key, n).astype(jnp.int32)
-
-    order = jax.lax.cond(i == 0, reshuffle, lambda _: state.data_order, None)
-    index = jax.lax.dynamic_slice_in_dim(order, i * state.batch_size, state.batch_size)
-    batch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
-    return batch, order
-
-
-def _loss_args(args, data, batch):
-    """The loss's arguments for full-data groups and for minibatched ones."""
-    full = tuple(args) if data is None else (data, *args)
-    mini = full if batch is None else (batch, *args)
-    return full, mini
-
-
-def _stages(program: _Program, leaves, gidx):
-    """`(loss, group indices)` per substep (one stage without substeps)."""
-    if not program.substeps:
-        return [(program.loss, gidx)]
-    index = {leaves[i].name: i for i in gidx}
-    return [
-        (sub.loss, tuple(index[name] for name in sub.groups))
-        for sub in program.substeps
-    ]
-
-
-def _transition(
-    program: _Program, state: SolverState, args, data, batch, *, phase, recording
-):
-    """One solver step: every group makes one transition, in a fixed cycle (per
-    substep), then the unmarked leaves take one optimiser step."""
-    leaves, treedef, gidx = _flatten(state.model)
-    key = jr.fold_in(state.key, state.step)
-    order = state.data_order
-    if batch is None and state.batch_size is not None:
-        batch, order = _next_batch(state, data)
-    full, mini = _loss_args(args, data, batch)
-    # Kernel states cache the log density under the other parts' values: refresh
-    # them when anything else moves between two of the group's transitions.
-    refresh = len(gidx) > 1 or program.optimizer is not None
-    number = {i: n for n, i in enumerate(gidx)}
-    for loss, members in _stages(program, leaves, gidx):
-        for i in members:
-            leaves[i] = leaves[i].transition(
-                jr.fold_in(key, number[i]) if len(gidx) > 1 else key,
-                state.step,
-                _logdensity_for(
-                    loss,
-                    leaves,
-                    treedef,
-                    gidx,
-                    i,
-                    mini if leaves[i].minibatched else full,
-                ),
-                _positions(leaves, gidx, exclude=i),
-                refresh=refresh,
-                phase=phase,
-                recording=recording,
-            )
-    opt_state = state.opt_state
-    if program.optimizer is not None:
-        leaves, opt_state = _train_rest(program, leaves, treedef, gidx, opt_state, mini)
-    model = jax.tree.unflatten(treedef, leaves)
-    return SolverState(
-        model, state.step + 1, state.key, opt_state, order, state.batch_size
-    )
-
-
-def _chain_losses(loss, model, args) -> Array:
-    """The loss at each chain's current position, shape `(K,)`."""
-    leaves, treedef, gidx = _flatten(model)
-    positions = _positions(leaves, gidx)
-    if not positions:  # no chains: one value
-        return jnp.asarray(loss(_plain_at(leaves, treedef, gidx, {}), *args))[None]
-    return over_chains(
-        lambda p: loss(_plain_at(leaves, treedef, gidx, p), *args), positions
-    )
-
-
-def _records(loss, model, args):
-    """What the history keeps at the end of a chunk: the loss (mean over chains)
-    and the variational groups' negative ELBO."""
-    neg_elbo = {
-        g.name: g.neg_elbo() for g in _groups(model) if g.neg_elbo() is not None
-    }
-    return jnp.mean(_chain_losses(loss, model, args)), neg_elbo
-
-
-@eqx.filter_jit
-def _init_states(program: _Program, model, key, full, mini):
-    leaves, treedef, gidx = _flatten(model)
-    starts = {j: leaves[j].start(jr.fold_in(key, n)) for n, j in enumerate(gidx)}
-    # Log-density-aware initializers run once, on the full data, each seeing the
-    # other groups at their starting values.
-    new, warm = list(leaves), dict(starts)
-    for n, i in enumerate(gidx):
-        new[i], warm[i] = leaves[i].warm_start(
-            jr.fold_in(jr.fold_in(key, n), 2),
-            starts[i],
-            _logdensity_for(program.loss, leaves, treedef, gidx, i, full),
-            {j: p for j, p in starts.items() if j != i and leaves[j].chained},
-        )
-    for n, i in enumerate(gidx):
-        new[i] = new[i].initialise(
-            warm[i],
-            _logdensity_for(
-                program.loss,
-                leaves,
-                treedef,
-                gidx,
-                i,
-                mini if leaves[i].minibatched else full,
-            ),
-            {j: p for j, p in warm.items() if j != i and leaves[j].chained},
-            jr.fold_in(jr.fold_in(key, n), 1),
-        )
-    opt_state = None
-    if program.optimizer is not None:
-        index = _rest_indices(leaves, gidx)
-        with jax.numpy_dtype_promotion("standard"):  # as in `_optax.update`
-            opt_state = program.optimizer.init([leaves[i] for i in index])
-    return _strong((jax.tree.unflatten(treedef, new), opt_state))
-
-
-def _strong(tree):
-    """Every array leaf strongly typed: a state's types are then the same whether it
-    comes from `init` or from a step, so the compiled programs are reused."""
-    return jax.tree.map(
-        lambda x: jnp.asarray(x, x.dtype) if eqx.is_array(x) else x, tree
-    )
-
-
-def _fori(num, body, state):
-    """`lax.fori_loop` over a state that may hold non-array leaves (activations).
-    The carry, and so the returned state, is strongly typed."""
-    dynamic, static = eqx.partition(_strong(state), eqx.is_array)
-
-    def array_body(i, dynamic):
-        out = body(i, eqx.combine(dynamic, static))
-        return eqx.filter(_strong(out), eqx.is_array)
-
-    return eqx.combine(jax.lax.fori_loop(0, num, array_body, dynamic), static)
-
-
-@eqx.filter_jit
-def _step(program, state, args, data, batch):
-    return _strong(
-        _transition(program, state, args, data, batch, phase="any", recording="auto")
-    )
-
-
-@eqx.filter_jit
-def _run_general(program, state, args, data, num_steps):
-    def body(_, s):
-        return _transition(program, s, args, data, None, phase="any", recording="auto")
-
-    state = _fori(num_steps, body, state)
-    full, _ = _loss_args(args, data, None)
-    return state, _records(program.loss, state.model, full)
-
-
-@eqx.filter_jit
-def _run_fast(program, state, args, data, num_warmup, num_sample):
-    """The fast path (every sampled group on one schedule): `num_warmup` warmup
-    steps (adaptation, no recording), then `num_sample` steps past warmup, each
-    writing its draw's slot (the last write to a slot, at the `thin`-th step, is
-    the draw). No conditions on the step counter; one program for every chunk."""
-
-    def warm(_, s):
-        return _transition(
-            program, s, args, data, None, phase="warmup", recording="never"
-        )
-
-    def sample(_, s):
-        return _transition(
-            program, s, args, data, None, phase="sample", recording="always"
-        )
-
-    state = _fori(num_sample, sample, _fori(num_warmup, warm, state))
-    full, _ = _loss_args(args, data, None)
-    return state, _records(program.loss, state.model, full)
-
-
-# -- the public Solver ----------------------------------------------------------
-
-
-def _as_key(key: Any, fn: str) -> PRNGKeyArray:
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(
-                _KEY.format(fn=fn, what=f"a batch of keys, shape {key.shape}")
-            )
-        return key
-    if (
-        isinstance(key, (jax.Array, np.ndarray))
-        and key.dtype == jnp.uint32
-        and (key.shape == (2,))
-    ):
-        return jr.wrap_key_data(jnp.asarray(key))
-    raise TypeError(
-        _KEY.format(fn=fn, what=f"an object of type `{type(key).__name__}`")
-    )
-
-
 def _groups(model: PyTree) -> list[AbstractGroup]:
     """Every group of a model (masked groups' members included)."""
     return [leaf for leaf in jax.tree.leaves(model, is_leaf=is_group) if is_group(leaf)]
+
+
+def _solve_groups(state: SolverState) -> list[AbstractGroup]:
+    """Every group of a solve, the unmarked-leaves group last."""
+    groups = _groups(state.model)
+    return groups if state.unmarked is None else [*groups, state.unmarked]
 
 
 class Solver(eqx.Module):
@@ -455,8 +239,9 @@ class Solver(eqx.Module):
         wrapper replaced by values). With `data=`, `loss(model, data, *args)`,
         where minibatched parts see a minibatch in place of `data`.
     - `optimizer`: an optax optimiser for every floating-point leaf that no group
-        holds (`None`: those leaves stay frozen). It takes one step per solver step,
-        after the groups, on the loss with the sampled groups at their positions.
+        holds (`None`: those leaves stay frozen): they become one optax group
+        (as [`eqbayes.optimise`][] makes), stepped after the marked groups, on the
+        loss with the sampled groups at their positions.
     - `print_every`: steps per compiled chunk: one dispatch, one host transfer and
         one round of progress-bar update and callbacks per chunk (and one entry of
         `result.history`). By default, with nobody watching, the whole solve in one
@@ -518,15 +303,12 @@ class Solver(eqx.Module):
         for callback in tuple(self.callbacks):
             if not callable(callback):
                 raise TypeError(_CALLBACK.format(type=type(callback).__name__))
-        pe = self.print_every
-        if pe is not None and (
-            isinstance(pe, bool) or not isinstance(pe, int) or pe < 1
-        ):
-            raise ValueError(_PRINT_EVERY.format(value=pe))
+        if self.print_every is not None:
+            count(self.print_every, _PRINT_EVERY.format(value=self.print_every))
 
     @property
-    def _program(self) -> _Program:
-        return _Program(self.loss, self.optimizer, self.optimizer_chains, self.substeps)
+    def _program(self) -> Program:
+        return Program(self.loss, tuple((s.loss, s.groups) for s in self.substeps))
 
     # -- init -> step -> result ---------------------------------------------------
 
@@ -542,7 +324,9 @@ class Solver(eqx.Module):
     ) -> SolverState:
         """Checks the configuration and builds the initial state.
 
-        Every misconfiguration raises here, before anything is compiled.
+        Every misconfiguration raises here, before anything is compiled; a loss
+        that is not finite at the chains' starting point raises right after the
+        initialisation.
 
         **Arguments:**
 
@@ -567,38 +351,57 @@ class Solver(eqx.Module):
         """
         key = _as_key(key, "init")
         groups = _groups(model)
-        if not groups and self.optimizer is None:
+        check_fresh(groups)
+        unmarked = None
+        if self.optimizer is not None:
+            leaves = unmarked_leaves(model)
+            if not leaves:
+                raise ValueError(_NOTHING_TO_OPTIMISE)
+            unmarked = OptaxGroup(
+                tuple(leaves),
+                self.optimizer,
+                self.optimizer_chains,  # pyright: ignore
+                UNMARKED,
+            )
+        everything = groups if unmarked is None else [*groups, unmarked]
+        if not everything:
             raise ValueError(_NO_GROUPS)
-        for group in groups:
-            group.check()
-        for group in groups:
-            group.check_with(groups)
-        chains = {g.name: g.num_chains for g in groups if g.chained}
+        chains = {
+            g.name: g.num_chains for g in groups if isinstance(g, AbstractChainGroup)
+        }
         if len(set(chains.values())) > 1:
             detail = ", ".join(f"'{n}' has num_chains={k}" for n, k in chains.items())
             raise ValueError(_CHAINS.format(detail=detail))
+        self._check_substeps(groups)
+        solve = Solve(tuple(everything), substeps=bool(self.substeps))
+        for group in everything:
+            group.check(solve)
         if mesh is not None:
             _sharding.check_mesh(mesh, "init", chains, data)
-        leaves, _, gidx = _flatten(model)
-        if self.optimizer is not None and not _rest_indices(leaves, gidx):
-            raise ValueError(_NOTHING_TO_OPTIMISE)
-        self._check_substeps(groups)
-        first = _check_data(data, batch_size, groups, self.optimizer is not None)
-        full, mini = _loss_args(args, data, first)
+        first = _check_data(data, batch_size, everything)
+        full, mini = loss_args(args, data, first)
         for loss in (self.loss, *(sub.loss for sub in self.substeps)):
-            self._check_loss(loss, model, full)
-        init_key, run_key = jr.split(key)
+            _check_loss(loss, model, full)
+        init_key, run_key = split_key(key)
         if mesh is not None:
             args, data = _placed(args, data, mesh)
             first = None if first is None else _sharding.place(first, mesh)
-            full, mini = _loss_args(args, data, first)
+            full, mini = loss_args(args, data, first)
+        start = SolverState(model, jnp.asarray(0, jnp.int32), init_key, unmarked)
         with _sharding.using(mesh):
-            model, opt_state = _init_states(self._program, model, init_key, full, mini)
+            (model, unmarked), losses = init_program(self._program, start, full, mini)
+        if not isinstance(losses, jax.core.Tracer):  # (under `jax.eval_shape`)
+            _check_start(np.asarray(losses))
         data_order = None
         if batch_size is not None:
-            data_order = jnp.zeros(_num_data(data), jnp.int32)
+            data_order = jnp.zeros(jax.tree.leaves(data)[0].shape[0], jnp.int32)
         state = SolverState(
-            model, jnp.asarray(0, jnp.int32), run_key, opt_state, data_order, batch_size
+            model,
+            jnp.asarray(0, jnp.int32),
+            run_key,
+            unmarked,
+            data_order,
+            batch_size,
         )
         self._log_init(state, data, batch_size)
         return state if mesh is None else _place_state(state, mesh)
@@ -622,68 +425,34 @@ class Solver(eqx.Module):
         missing = [name for name in names if name not in seen]
         if missing:
             raise ValueError(_SUBSTEP_MISSING.format(names=missing))
-        for group in groups:
-            if group.initializer is not None:
-                raise ValueError(_SUBSTEP_INIT.format(name=group.name))
-            if group.adapts:
-                raise ValueError(_SUBSTEP_ADAPT.format(name=group.name))
 
     def _log_init(self, state: SolverState, data, batch_size):
-        groups = _groups(state.model)
-        if logger.isEnabledFor(logging.INFO):
-            for group in groups:
-                logger.info(group.describe())
-            leaves, _, gidx = _flatten(state.model)
-            index = _rest_indices(leaves, gidx)
-            size = sum(leaves[i].size for i in index)
-            if self.optimizer is not None:
-                logger.info(
-                    f"Unmarked leaves ({len(index)} arrays, {size} values): trained "
-                    "by the Solver's optax optimiser."
-                )
-            elif index:
-                logger.info(
-                    f"Unmarked leaves ({len(index)} arrays, {size} values): frozen."
-                )
-            if batch_size is not None:
-                n = _num_data(data)
-                logger.info(
-                    f"Minibatches of {batch_size} of {n} rows, reshuffled every "
-                    f"epoch ({n // batch_size} steps; {n % batch_size} rows dropped "
-                    "per epoch)."
-                )
-        trained = self.optimizer is not None or any(not g.chained for g in groups)
-        chained = [g for g in groups if g.chained]
-        if trained and chained and chained[0].num_chains > 1:
-            if self.optimizer is not None and self.optimizer_chains == "first":
-                logger.warning(_REPRESENTATIVE.format(k=chained[0].num_chains))
-            for g in groups:
-                if g.representative:
-                    logger.warning(
-                        f"Group '{g.name}': "
-                        + _REPRESENTATIVE.format(k=chained[0].num_chains)
-                    )
-        if trained:
-            for g in chained:
-                if g.adapts:
-                    logger.warning(_ADAPT_MIXED.format(name=g.name))
-
-    def _check_loss(self, loss, model, args):
-        try:
-            out = _loss_shape(loss, unwrap(model), args)
-        except Exception as err:  # noqa: BLE001 - re-raised with context
-            raise type(err)(_LOSS_FAILED.format(err=err)) from err
-        if not (
-            isinstance(out, jax.ShapeDtypeStruct)
-            and out.shape == ()
-            and jnp.issubdtype(out.dtype, jnp.floating)
-        ):
-            what = (
-                f"an array of shape {out.shape} and dtype {out.dtype}"
-                if isinstance(out, jax.ShapeDtypeStruct)
-                else f"an object of type `{type(out).__name__}`"
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        for group in _groups(state.model):
+            logger.info(group.describe())
+        leaves = (
+            unmarked_leaves(state.model)
+            if state.unmarked is None
+            else jax.tree.leaves(state.unmarked.current())
+        )
+        size = sum(x.size for x in leaves)
+        if state.unmarked is not None:
+            logger.info(
+                f"Unmarked leaves ({len(leaves)} arrays, {size} values): trained "
+                "by the Solver's optax optimiser."
             )
-            raise ValueError(_LOSS_SHAPE.format(what=what))
+        elif leaves:
+            logger.info(
+                f"Unmarked leaves ({len(leaves)} arrays, {size} values): frozen."
+            )
+        if batch_size is not None:
+            n = jax.tree.leaves(data)[0].shape[0]
+            logger.info(
+                f"Minibatches of {batch_size} of {n} rows, reshuffled every "
+                f"epoch ({n // batch_size} steps; {n % batch_size} rows dropped "
+                "per epoch)."
+            )
 
     def step(
         self,
@@ -720,55 +489,83 @@ class Solver(eqx.Module):
             args, data = _placed(args, data, mesh)
             batch = None if batch is None else _sharding.place(batch, mesh)
         with _sharding.using(mesh):
-            return _step(self._program, state, tuple(args), data, batch)
+            return step_program(self._program, state, tuple(args), data, batch)
 
-    def result(self, state: SolverState, history: History | None = None) -> Result:
+    def result(
+        self,
+        state: SolverState,
+        history: History | None = None,
+        *,
+        args: Sequence[Any] = (),
+        data: PyTree | None = None,
+    ) -> Result:
         """Collects the posterior and the plain model from a state.
+
+        Every group hands back what it holds (its draws, diagnostics, a fitted
+        distribution) through [`eqbayes.AbstractGroup.result`][].
 
         **Arguments:**
 
         - `state`: a [`eqbayes.SolverState`][].
         - `history`: per-chunk records; `run` passes its own. By default, the loss
             is not re-evaluated and the history is empty.
+        - `args`, `data`: the loss's arguments, for groups that evaluate the loss
+            when they finish (`run` passes its own).
 
         **Returns:**
 
         A [`eqbayes.Result`][].
         """
         steps_done = int(state.step)
-        plain = unwrap(state.model)
-        samples = collapse(
-            jax.tree.map(
-                lambda x: x.draws(steps_done) if is_group(x) else None,
-                state.model,
-                is_leaf=is_group,
+        parts = Parts(state.model, state.unmarked)
+        groups = parts.groups
+        full, _ = loss_args(args, data, None)
+
+        def ctx(j: int) -> Context:
+            def plain(others_k, position):
+                values = {l: groups[l].materialise(p) for l, p in others_k.items()}
+                values[j] = groups[j].materialise(position)
+                return parts.plain(groups, values)
+
+            return Context(
+                key=None,
+                step=steps_done,
+                mode=Mode.GENERAL,
+                start=None,
+                others=chain_positions(groups, exclude=j),
+                num_chains=1,
+                refresh=len(groups) > 1,
+                plain=plain,
+                loss=self.loss,
+                full_args=full,
+                batch_args=full,
             )
-        )
-        diagnostics = {
-            g.name: g.kernel_diagnostics(steps_done)
-            for g in _groups(state.model)
-            if g.sampled
+
+        results = [g.result(ctx(j)) for j, g in enumerate(groups)]
+        leaves = [None] * len(parts.leaves)
+        for i, r in zip(parts.index, results):
+            leaves[i] = r.samples
+        samples = collapse(jax.tree.unflatten(parts.treedef, leaves))
+        named = list(zip((g.name for g in groups), results))
+        diagnostics = {n: r.diagnostics for n, r in named if r.samples is not None}
+        variational = {
+            n: r.approximation for n, r in named if r.approximation is not None
         }
+        plain = unwrap(state.model)
         if history is None:
             history = History(jnp.zeros((0,)), {})
         labels = group_labels(plain, state.model)
-        variational = {
-            g.name: g.approximation()
-            for g in _groups(state.model)
-            if g.approximation() is not None
-        }
-        return Result(
-            plain, Posterior(samples, diagnostics, plain, labels), history, variational
-        )
+        posterior = Posterior(samples, diagnostics, plain, labels)
+        return Result(plain, posterior, history, variational, state)
 
     # -- run ------------------------------------------------------------------------
 
     def run(
         self,
-        model: PyTree,
+        model: PyTree | None,
         steps: int | None = None,
         *,
-        key: PRNGKeyArray,
+        key: PRNGKeyArray | None = None,
         args: Sequence[Any] = (),
         data: PyTree | None = None,
         batch_size: int | None = None,
@@ -781,16 +578,19 @@ class Solver(eqx.Module):
 
         **Arguments:**
 
-        - `model`: the marked model (see [`eqbayes.bayesian`][]).
+        - `model`: the marked model (see [`eqbayes.bayesian`][]); with `state=`, the
+            model of the first run (or None).
         - `steps`: solver steps; `None` means the longest sampling group's
             `warmup + keep * thin` (required when no group samples). A longer solve
             keeps each group's last `keep` draws.
-        - `key`: a JAX PRNG key (`jax.random.key(0)`); same key, same chain.
+        - `key`: a JAX PRNG key (`jax.random.key(0)`); same key, same chain. With
+            `state=` it may be left out (the state carries its key); given, it must
+            be the first run's.
         - `args`: extra arguments of the loss, `loss(model, *args)`.
         - `data`: optional data, passed as `loss(model, data, *args)`.
         - `batch_size`: minibatch size for the minibatched parts (see
-            [`eqbayes.Solver.init`][]).
-        - `state`: continue from this state (e.g. one loaded with
+            [`eqbayes.Solver.init`][]); with `state=`, the state's.
+        - `state`: continue from this state (`result.state`, or one loaded with
             [`eqbayes.load`][]) instead of initialising; `steps` then counts the
             further steps (default: to the end of the longest group's schedule).
             The chain continues bitwise as if the solve had not stopped.
@@ -807,23 +607,26 @@ class Solver(eqx.Module):
 
         **Returns:**
 
-        A [`eqbayes.Result`][].
+        A [`eqbayes.Result`][]; `result.state` continues the solve.
         """
+        if state is None and key is None:
+            raise TypeError(_NEED_KEY)
+        if state is not None:
+            _check_state(state, model, key, batch_size)
         groups = _groups(model if state is None else state.model)
         if not groups and self.optimizer is None:
             raise ValueError(_NO_GROUPS)
         done = 0 if state is None else int(state.step)
-        schedules = {g.schedule for g in groups if g.chained}
+        chain_groups = [g for g in groups if isinstance(g, AbstractChainGroup)]
+        schedules = {g.schedule for g in chain_groups}
         needed = max((w + k * t for w, k, t in schedules), default=0)
         if steps is None:
             if not schedules:
                 raise ValueError(_NEED_STEPS)
             steps = max(needed - done, 0)
-        elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        elif not is_count(steps):
             raise ValueError(_STEPS_TYPE.format(steps=steps))
-        for g in groups:
-            if not g.chained:
-                continue
+        for g in chain_groups:
             warmup, keep, thin = g.schedule
             if done + steps < warmup + keep * thin:
                 raise ValueError(
@@ -837,98 +640,42 @@ class Solver(eqx.Module):
                     )
                 )
         if checkpoint_every is not None and (
-            checkpoint is None
-            or isinstance(checkpoint_every, bool)
-            or not isinstance(checkpoint_every, int)
-            or checkpoint_every < 1
+            checkpoint is None or not is_count(checkpoint_every)
         ):
             raise ValueError(_CHECKPOINT_EVERY.format(value=checkpoint_every))
         if state is None:
+            assert key is not None
             state = self.init(
                 model, key=key, args=args, data=data, batch_size=batch_size, mesh=mesh
             )
         elif state.batch_size is not None and data is None:
             raise ValueError(_STEP_NEEDS_DATA)
         elif mesh is not None:  # move the state onto the mesh
-            chains = {g.name: g.num_chains for g in groups if g.chained}
-            _sharding.check_mesh(mesh, "run", chains, data)
+            _sharding.check_mesh(
+                mesh, "run", {g.name: g.num_chains for g in chain_groups}, data
+            )
             state = _place_state(state, mesh)
         args = tuple(args)
-        mesh = _sharding.mesh_of(state.step)
-        if mesh is not None:
-            args, data = _placed(args, data, mesh)
-        program = self._program
+        placed_on = _sharding.mesh_of(state.step)
+        if placed_on is not None:
+            args, data = _placed(args, data, placed_on)
         callbacks = list(self.callbacks)
         if self.progress and importlib.util.find_spec("tqdm") is not None:
             callbacks.insert(0, ProgressBar())
         if checkpoint is not None:
             callbacks.append(Checkpoint(checkpoint, every=checkpoint_every))
-        # Chunks of `print_every` (or `checkpoint_every`) steps; else, with nobody
-        # watching, the whole solve in one chunk, and chunks timed to a few per
-        # second when somebody is.
         fast = len(schedules) == 1 and done == 0 and steps == needed
-        every = self.print_every or checkpoint_every or (None if callbacks else steps)
-        sizes = _chunks.ChunkSizes(
-            steps,
-            every=every,
-            key=None
-            if every is not None
-            else _chunks.pace_key(program, fast, state, args, data),
+        state, history = _run.drive(
+            self._program,
+            state,
+            args,
+            data,
+            steps=steps,
+            warmup=next(iter(schedules))[0] if fast else None,
+            every=self.print_every or checkpoint_every,
+            callbacks=callbacks,
         )
-        warmup = next(iter(schedules))[0] if fast else 0
-        records = []
-
-        def tell(state, record, n):
-            record = jax.device_get(record)  # one host transfer per chunk
-            records.append(record)
-            if callbacks:
-                loss, neg_elbo = record
-                chunk = chunk_record(state, loss, n, done + steps, neg_elbo)
-                for callback in callbacks:
-                    callback(chunk)
-
-        path = (
-            "Fast path (warmup and draws without per-step bookkeeping)"
-            if fast
-            else "General path (the fast path needs one warmup/keep/thin for all "
-            "sampling groups and a fresh solve of exactly their length)"
-        )
-        cadence = (
-            f"about {_chunks.REFRESH_SECONDS} s each" if sizes.timed else sizes.size
-        )
-        logger.info(f"{path}: {steps} steps in chunks of {cadence}.")
-        with (
-            _running(callbacks, done, done + steps),
-            _sharding.using(mesh),
-            _chunks.HostWork(threaded=bool(callbacks)) as host,
-        ):
-            at = 0
-            while at < steps:
-                n = sizes.next(at)
-                host.release()  # the last chunk's host work runs while this computes
-                start = time.perf_counter()
-                if fast:
-                    n_warm = min(n, max(0, warmup - at))
-                    state, record = _run_fast(
-                        program,
-                        state,
-                        args,
-                        data,
-                        jnp.asarray(n_warm),
-                        jnp.asarray(n - n_warm),
-                    )
-                else:
-                    state, record = _run_general(
-                        program, state, args, data, jnp.asarray(n)
-                    )
-                at += n
-                if sizes.timed:
-                    jax.block_until_ready(record)
-                    sizes.observe(n, time.perf_counter() - start, host.seconds)
-                host.submit(tell, state, record, n, last=at == steps)
-        history = _history(records)
-        assert state is not None
-        result = self.result(state, history)
+        result = self.result(state, history, args=args, data=data)
         if logger.isEnabledFor(logging.INFO):
             for name, diagnostics in result.posterior.diagnostics.items():
                 if name in result.history.neg_elbo:
@@ -939,37 +686,59 @@ class Solver(eqx.Module):
         return result
 
 
-def _placed(args, data, mesh: Mesh):
-    """The loss's arguments on `mesh`: `args` replicated, `data` along its leading
-    axis over `"data"` (replicated without that axis)."""
-    data = None if data is None else _sharding.place_data(data, mesh)
-    return _sharding.place(tuple(args), mesh), data
+# -- checks -------------------------------------------------------------------------
 
 
-def _place_state(state: SolverState, mesh: Mesh) -> SolverState:
-    """A state on `mesh`: MCMC chains over `"chains"`, everything else replicated."""
-    step, key, opt_state, order = _sharding.place(
-        (state.step, state.key, state.opt_state, state.data_order), mesh
-    )
-    model = _sharding.place_model(state.model, mesh)
-    return SolverState(model, step, key, opt_state, order, state.batch_size)
-
-
-def _history(records: list) -> History:
-    """The per-chunk `(loss, {name: neg_elbo})` records as a `History`."""
-    if not records:
-        return History(jnp.zeros((0,)), {})
-    losses, neg_elbos = zip(*records)
-    return History(
-        jnp.asarray(np.stack(losses)),
-        {
-            name: jnp.asarray(np.stack([r[name] for r in neg_elbos]))
-            for name in neg_elbos[0]
-        },
+def _as_key(key: Any, fn: str) -> PRNGKeyArray:
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(
+                _KEY.format(fn=fn, what=f"a batch of keys, shape {key.shape}")
+            )
+        return key
+    if (
+        isinstance(key, (jax.Array, np.ndarray))
+        and key.dtype == jnp.uint32
+        and (key.shape == (2,))
+    ):
+        return jr.wrap_key_data(jnp.asarray(key))
+    raise TypeError(
+        _KEY.format(fn=fn, what=f"an object of type `{type(key).__name__}`")
     )
 
 
-def _check_data(data, batch_size, groups, optimizer: bool):
+def _signature(model: PyTree):
+    """A model's structure: its plain tree and leaf shapes, and its groups."""
+    plain = unwrap(model)
+    leaves, treedef = jax.tree.flatten(plain)
+    shapes = [(x.shape, x.dtype) if eqx.is_array(x) else None for x in leaves]
+    groups = [(type(g).__name__, g.name) for g in _groups(model)]
+    return treedef, shapes, groups
+
+
+def _check_state(state: SolverState, model, key, batch_size) -> None:
+    """Clear errors for `run(state=...)` arguments that disagree with `state`."""
+    if key is not None:
+        _, run_key = split_key(_as_key(key, "run"))
+        if not np.array_equal(jr.key_data(run_key), jr.key_data(state.key)):
+            raise ValueError(_STATE_KEY)
+    if model is not None:
+        treedef, shapes, groups = _signature(model)
+        had_treedef, had_shapes, had_groups = _signature(state.model)
+        why = None
+        if groups != had_groups:
+            why = f"its groups are {groups}, the state's {had_groups}"
+        elif treedef != had_treedef:
+            why = "its structure differs"
+        elif shapes != had_shapes:
+            why = "the shapes or dtypes of its leaves differ"
+        if why is not None:
+            raise ValueError(_STATE_MODEL.format(why=why))
+    if batch_size is not None and batch_size != state.batch_size:
+        raise ValueError(_STATE_BATCH.format(value=batch_size, had=state.batch_size))
+
+
+def _check_data(data, batch_size, groups):
     """Validates `data=` / `batch_size=`; returns a first minibatch (or None).
     Without `batch_size`, `data` is passed to the loss as it is."""
     if batch_size is None:
@@ -984,95 +753,41 @@ def _check_data(data, batch_size, groups, optimizer: bool):
     sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(_DATA_SIZES.format(sizes=sorted(map(str, sizes))))
-    n = _num_data(data)
+    n = jnp.shape(leaves[0])[0]
     if not 1 <= batch_size <= n:
         raise ValueError(_BATCH_SIZE.format(value=batch_size, n=n))
-    if not optimizer and not any(g.minibatched for g in groups):
+    if not any(g.minibatched for g in groups):
         raise ValueError(_BATCH_UNUSED)
     return jax.tree.map(lambda x: jnp.asarray(x)[:batch_size], data)
 
 
-_NEED_STEPS = (
-    "`Solver.run(model, steps=None, ...)`: no group samples a chain, so there is no "
-    "schedule to take the length from. Pass `steps=`."
-)
-_NOTHING_TO_OPTIMISE = (
-    "`Solver(loss, optimizer=...)`: every floating-point leaf of the model belongs "
-    "to a group, so the optimiser has nothing to train. Drop `optimizer=` (or mark "
-    "fewer leaves)."
-)
-_SUBSTEP_TYPE = (
-    "`Solver(..., substeps=...)`: each substep must be an `eb.Substep(loss, "
-    "groups)`; got an object of type `{type}`."
-)
-_SUBSTEPS_OPTIMIZER = (
-    "`Solver(..., optimizer=..., substeps=...)`: with substeps, give each trained "
-    "part a name and a substep: mark it with `eb.optimise(model, optimizer, "
-    "where=..., name=...)` instead of `Solver(optimizer=...)`."
-)
-_SUBSTEP_UNKNOWN = (
-    "`Solver(..., substeps=...)`: substep {n} names group '{name}', but the model's "
-    "groups are {names}."
-)
-_SUBSTEP_TWICE = (
-    "`Solver(..., substeps=...)`: group '{name}' is in substeps {a} and {b}; each "
-    "group moves in exactly one substep."
-)
-_SUBSTEP_MISSING = (
-    "`Solver(..., substeps=...)`: the groups {names} are in no substep, so they "
-    "would never move. Add them to a substep."
-)
-_SUBSTEP_INIT = (
-    "`Solver(..., substeps=...)`: group '{name}' has an initializer "
-    "(`eb.bayesian(..., init=...)`), but an initializer runs once on the full loss "
-    "while within substeps the group's kernel sees only its substep's loss. Drop "
-    "`init=` (start the group from values set in the model), or drop `substeps=`."
-)
-_SUBSTEP_ADAPT = (
-    "`Solver(..., substeps=...)`: group '{name}' adapts its step size "
-    "(`adapt=True`), but within substeps its kernel sees only its substep's loss "
-    "while the other parts still train. Pass `adapt=False` and a hand-set "
-    "`step_size=` to `eb.bayesian(...)`."
-)
-_REPRESENTATIVE = (
-    "with K={k} chains, the optimiser's gradient is taken at chain 0 of the sampled "
-    "groups (one representative: a stochastic-approximation EM step), not at each "
-    "chain. Pass `optimizer_chains='mean'` (`chains='mean'` in `eb.optimise`) to "
-    "average it over the chains, or `num_chains=1` for independent solves."
-)
-_ADAPT_MIXED = (
-    "Group '{name}': window adaptation tunes the step size while the optimised parts "
-    "of the model are still near their initial values, so it may not suit the "
-    "trained model. With optimised parts, `adapt=False` and a hand-set `step_size=` "
-    "are usually the better choice."
-)
-_STEP_NEEDS_DATA = (
-    "`Solver.step(state, ...)` / `Solver.run(..., state=state)`: the state was "
-    "initialised with minibatches, so pass the same `data=` (or a `batch=` of your "
-    "own to `step`)."
-)
-_DATA_TYPE = (
-    "`Solver.init(..., data=..., batch_size=...)`: to draw minibatches, `data` must "
-    "be a pytree of arrays with a common leading axis (the data points)."
-)
-_DATA_SIZES = (
-    "`Solver.init(..., data=..., batch_size=...)`: to draw minibatches, every leaf of "
-    "`data` needs the same leading axis (one row per data point); got leading sizes "
-    "{sizes}."
-)
-_BATCH_SIZE = (
-    "`Solver.init(..., batch_size={value!r})`: `batch_size` must be an integer "
-    "between 1 and the number of data points ({n})."
-)
-_BATCH_WITHOUT_DATA = (
-    "`Solver.init(..., batch_size=...)`: minibatches are drawn from `data=`; pass "
-    "the data as `data=` (a pytree with one row per data point)."
-)
-_BATCH_UNUSED = (
-    "`Solver.init(..., batch_size=...)`: no part of this model uses minibatches "
-    "(stochastic-gradient kernels, VI and optax parts do; full-data kernels always "
-    "see all of `data`). Drop `batch_size=`."
-)
+def _check_loss(loss, model, args):
+    try:
+        out = _loss_shape(loss, unwrap(model), args)
+    except Exception as err:
+        # JAX's own error (a tracer used as a Python bool, a shape mismatch) says
+        # what went wrong; say where.
+        if sys.version_info >= (3, 11):
+            err.add_note(_LOSS_FAILED)
+        raise
+    if not (
+        isinstance(out, jax.ShapeDtypeStruct)
+        and out.shape == ()
+        and jnp.issubdtype(out.dtype, jnp.floating)
+    ):
+        what = (
+            f"an array of shape {out.shape} and dtype {out.dtype}"
+            if isinstance(out, jax.ShapeDtypeStruct)
+            else f"an object of type `{type(out).__name__}`"
+        )
+        raise ValueError(_LOSS_SHAPE.format(what=what))
+
+
+def _check_start(losses: np.ndarray) -> None:
+    bad = [k for k, x in enumerate(losses) if not math.isfinite(float(x))]
+    if bad:
+        values = ", ".join(sorted({str(float(losses[k])) for k in bad}))
+        raise ValueError(_NON_FINITE_START.format(values=values, chains=bad))
 
 
 _LOSS_SHAPES: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
@@ -1101,16 +816,28 @@ def _loss_shape(loss, model, args):
     return _LOSS_SHAPES[key]
 
 
-@contextlib.contextmanager
-def _running(callbacks, step: int, end: int):
-    """Tells the callbacks that a run starts, and that it ended (also on an
-    error), in reverse order."""
-    with contextlib.ExitStack() as stack:
-        for callback in callbacks:
-            if isinstance(callback, AbstractCallback):
-                callback.start(step, end)
-                stack.callback(callback.end)
-        yield
+# -- placement ----------------------------------------------------------------------
+
+
+def _placed(args, data, mesh: Mesh):
+    """The loss's arguments on `mesh`: `args` replicated, `data` along its leading
+    axis over `"data"` (replicated without that axis)."""
+    data = None if data is None else _sharding.place_data(data, mesh)
+    return _sharding.place(tuple(args), mesh), data
+
+
+def _chain_axes(node: Any) -> Any:
+    return node.chain_axes() if isinstance(node, AbstractChainGroup) else None
+
+
+def _place_state(state: SolverState, mesh: Mesh) -> SolverState:
+    """A state on `mesh`: the chain groups' chains over `"chains"`, everything else
+    replicated."""
+    step, key, unmarked, order = _sharding.place(
+        (state.step, state.key, state.unmarked, state.data_order), mesh
+    )
+    model = _sharding.place_model(state.model, mesh, _chain_axes)
+    return SolverState(model, step, key, unmarked, order, state.batch_size)
 
 
 __all__ = ["Solver", "SolverState", "Substep"]

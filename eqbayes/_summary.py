@@ -10,8 +10,9 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from . import diagnostics as _diagnostics
+from ._groups import is_group
+from ._marking import is_wrapper, MaskedGroup, path_str
 from ._mcmc import KernelDiagnostics
-from ._wrappers import is_group, is_wrapper, MaskedGroup, path_str
 
 
 _QUANTILES = (

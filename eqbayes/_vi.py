@@ -3,7 +3,7 @@
 import abc
 import dataclasses
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import blackjax
@@ -17,17 +17,10 @@ from blackjax.vi.fullrank_vi import FRVIState
 from blackjax.vi.meanfield_vi import MFVIState
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from ._checks import check_float, check_int, check_likelihood_scale, check_prior
 from ._custom_types import ArrayTree
-from ._mcmc import over_chains
-from ._wrappers import (
-    _HAS_STATE,
-    AbstractGroup,
-    check_float,
-    check_int,
-    check_likelihood_scale,
-    check_prior,
-    mark,
-)
+from ._groups import AbstractGroup, Context, GroupResult, Solve
+from ._marking import mark
 
 
 MEANFIELD = "mean-field"
@@ -227,34 +220,22 @@ class VIGroup(AbstractGroup):
         return self.materialise(self.state.params.mu)
 
     @property
-    def chained(self) -> bool:
-        return False
-
-    @property
-    def num_chains(self) -> int:
-        return 1
-
-    @property
     def minibatched(self) -> bool:
         return True
 
-    @property
-    def schedule(self) -> tuple[int, int, int]:
-        # No steps of its own: the solve's length is `steps=` or the chained groups'.
-        return 0, 0, 1
+    def _logdensity_for(self, ctx: Context):
+        """`others_k -> (theta -> log density at chain k)`, on minibatches."""
+        prior, scale = self.config.prior, self.config.likelihood_scale
 
-    def log_density(self, loss_value, position):
-        log_prior = self.config.prior(position)
-        return -self.config.likelihood_scale * loss_value + log_prior
+        def for_chain(others_k):
+            loss = ctx.loss_fn(others_k, minibatch=True)
+            return lambda theta: -scale * loss(theta) + prior(theta)
 
-    def start(self, key):
-        del key
-        return self.initial_position()
+        return for_chain
 
-    def initialise(self, positions, logdensity_for, others, key):
-        del logdensity_for
+    def init(self, ctx):
         config = self.config
-        position = positions
+        position = self.initial_position()
         mu = (
             position
             if config.init_mu_at_position
@@ -262,7 +243,7 @@ class VIGroup(AbstractGroup):
         )
         # blackjax's own `init` puts the mean at 0 and the scale at a fixed value.
         # (optax mixes Python floats and integers: standard promotion, as in
-        # `transition`.)
+        # `step`.)
         init = _lenient(config.optimizer.init)
         if config.family == MEANFIELD:
             rho = jax.tree.map(lambda x: jnp.full_like(x, config.init_log_std), mu)
@@ -278,30 +259,29 @@ class VIGroup(AbstractGroup):
             )
             params = FRVIState(mu, chol, init((mu, chol)))
         dtype = jax.tree.leaves(mu)[0].dtype
-        chain_leaves = jax.tree.leaves(others)
-        num_chains = chain_leaves[0].shape[0] if chain_leaves else 1
-        state = VIState(params, jnp.asarray(jnp.inf, dtype), key, num_chains=num_chains)
+        assert ctx.key is not None
+        state = VIState(
+            params, jnp.asarray(jnp.inf, dtype), ctx.key, num_chains=ctx.num_chains
+        )
         return eqx.tree_at(lambda g: g.state, self, state, is_leaf=lambda x: x is None)
 
-    def transition(
-        self, key, step, logdensity_for, others, *, refresh, phase, recording
-    ):
-        del step, refresh, phase, recording
+    def step(self, ctx):
         assert self.state is not None
         config = self.config
+        logdensity_for = self._logdensity_for(ctx)
 
-        if jax.tree.leaves(others):
+        if jax.tree.leaves(ctx.others):
             # Beside K chains: the expected log density over the chains' positions.
             def logdensity(theta):
-                per_chain = over_chains(lambda o: logdensity_for(o)(theta), others)
+                per_chain = ctx.over_chains(lambda o: logdensity_for(o)(theta))
                 return jnp.mean(per_chain)
 
         else:
-            logdensity = logdensity_for({})
+            logdensity = logdensity_for(ctx.others)
 
         old = self.state.params
         step = _lenient_step(config.algorithm.step, logdensity)
-        new, info = step(key, old, config.optimizer, config.num_samples)
+        new, info = step(ctx.key, old, config.optimizer, config.num_samples)
         neg_elbo = jnp.asarray(info.elbo, self.state.neg_elbo.dtype)  # already −ELBO
         # A non-finite estimate or update leaves q as it was (a rejected step). A
         # `cond` picks whole states: an elementwise `where` over every parameter and
@@ -315,13 +295,9 @@ class VIGroup(AbstractGroup):
         )
         return eqx.tree_at(lambda g: g.state, self, state)
 
-    def positions(self):
+    def approximation(self) -> AbstractGaussianApproximation:
+        """The fitted q (after `Solver.init`)."""
         assert self.state is not None
-        return jax.tree.map(lambda x: x[None], self.state.params.mu)
-
-    def approximation(self) -> AbstractGaussianApproximation | None:
-        if self.state is None:
-            return None
         params = self.state.params
         if self.config.family == MEANFIELD:
             return MeanFieldGaussian(params.mu, params.rho)
@@ -330,37 +306,29 @@ class VIGroup(AbstractGroup):
             params.mu, _cholesky_from_params(params.chol_params, flat.size)
         )
 
-    def draws(self, steps_done):
+    def monitor(self):
+        assert self.state is not None
+        return {"neg_elbo": self.state.neg_elbo}
+
+    def result(self, ctx):
         assert self.state is not None
         approximation = self.approximation()
-        assert approximation is not None
         shape = (self.state.num_chains, self.config.posterior_draws)
-        return _draws(approximation, self.state.key, jnp.asarray(steps_done), shape)
+        samples = _draws(approximation, self.state.key, jnp.asarray(ctx.step), shape)
+        return GroupResult(samples, None, approximation)
 
-    def kernel_diagnostics(self, steps_done):
-        return None
-
-    def neg_elbo(self):
-        assert self.state is not None
-        return self.state.neg_elbo
-
-    def check(self) -> None:
-        if self.state is not None:
-            raise ValueError(_HAS_STATE.format(name=self.name))
-
-    def check_with(self, groups: Sequence[AbstractGroup]) -> None:
-        for other in groups:
-            if other.chained:
-                _, keep, _ = other.schedule
-                if keep != self.config.posterior_draws:
-                    raise ValueError(
-                        _DRAWS.format(
-                            draws=self.config.posterior_draws,
-                            name=self.name,
-                            other=other.name,
-                            keep=keep,
-                        )
+    def check(self, solve: Solve) -> None:
+        for other in solve.chain_groups:
+            _, keep, _ = other.schedule
+            if keep != self.config.posterior_draws:
+                raise ValueError(
+                    _DRAWS.format(
+                        draws=self.config.posterior_draws,
+                        name=self.name,
+                        other=other.name,
+                        keep=keep,
                     )
+                )
 
     def describe(self) -> str:
         config = self.config
@@ -604,4 +572,4 @@ def vi(
         )
         return VIGroup(value=subtree, config=config, name=group_name)
 
-    return mark(model, where, make, name, "vi", mask)
+    return mark(model, make, where=where, mask=mask, name=name, call="eb.vi")

@@ -29,7 +29,8 @@ import numpy as np
 from jaxtyping import PyTree
 
 from . import _checkpoint
-from ._wrappers import AbstractGroup, is_group
+from ._checks import count
+from ._groups import AbstractChainGroup, AbstractGroup, Context, is_group, Mode
 
 
 __all__ = [
@@ -110,8 +111,8 @@ class ChunkRecord(eqx.Module):
         # Only callbacks that ask pay for the statistics (a progress bar or a
         # checkpoint does not), and they pay once.
         leaves = jax.tree.leaves(self.state.model, is_leaf=is_group)
-        sampled = [leaf for leaf in leaves if is_group(leaf) and leaf.sampled]
-        return {g.name: _group_record(g, self.step) for g in sampled}
+        records = {g.name: _group_record(g, self.step) for g in leaves if is_group(g)}
+        return {name: r for name, r in records.items() if r is not None}
 
     def metrics(self) -> dict[str, float | int]:
         """The record as flat, named numbers, as logged by
@@ -154,17 +155,31 @@ def _on_host(group: AbstractGroup, size: int) -> AbstractGroup:
     return jax.tree.map(convert, group)
 
 
-def _group_record(group: AbstractGroup, step: int) -> GroupRecord:
-    warmup, keep, thin = group.schedule
-    group = _on_host(group, group.num_chains * keep)
-    n = min(keep, max(0, (step - warmup) // thin))
+def _group_record(group: AbstractGroup, step: int) -> GroupRecord | None:
+    """The statistics of what the group would hand back after `step` steps; None
+    for a group without draws (a point estimate)."""
+    if isinstance(group, AbstractChainGroup):
+        _, keep, _ = group.schedule
+        group = _on_host(group, group.num_chains * keep)
+    ctx = Context(
+        key=None,
+        step=step,
+        mode=Mode.GENERAL,
+        start=None,
+        others={},
+        num_chains=1,
+        refresh=False,
+    )
+    result = group.result(ctx)
+    if result.samples is None:
+        return None
+    leaves = jax.tree.leaves(result.samples)
+    k, n = leaves[0].shape[:2]
     mean = None
-    position = group.initial_position()
-    if n > 0 and sum(x.size for x in jax.tree.leaves(position)) == 1:
-        (draws,) = jax.tree.leaves(group.draws(step))
-        mean = float(np.mean(np.asarray(draws)))
+    if n > 0 and sum(math.prod(x.shape[2:]) for x in leaves) == 1:
+        mean = float(np.mean(np.asarray(leaves[0])))
     stats: dict[str, Any] = {}
-    diagnostics = group.kernel_diagnostics(step) if n > 0 else None
+    diagnostics = result.diagnostics if n > 0 else None
     if diagnostics is not None:
         if diagnostics.is_divergent is not None:
             stats["n_is_divergent"] = int(np.sum(diagnostics.is_divergent))
@@ -172,7 +187,7 @@ def _group_record(group: AbstractGroup, step: int) -> GroupRecord:
             value = getattr(diagnostics, field)
             if value is not None:
                 stats[f"mean_{field}"] = float(np.mean(value))
-    return GroupRecord(n_samples=n, n_chains=group.num_chains, mean=mean, **stats)
+    return GroupRecord(n_samples=n, n_chains=k, mean=mean, **stats)
 
 
 def chunk_record(
@@ -339,10 +354,8 @@ class Checkpoint(AbstractCallback):
     """
 
     def __init__(self, path: str | os.PathLike, every: int | None = None):
-        if every is not None and (
-            isinstance(every, bool) or not isinstance(every, int) or every < 1
-        ):
-            raise ValueError(_EVERY.format(value=every))
+        if every is not None:
+            count(every, _EVERY.format(value=every))
         self.path = os.fspath(path)
         self.every = every
         self._last: float = -math.inf

@@ -97,7 +97,7 @@ def test_state_placement_and_manual_steps():
         )
     ]
     mcmc = group.state
-    chained = (mcmc.kernel_state, mcmc.samples, mcmc.diagnostics)
+    chained = (mcmc.kernel_state, mcmc.draws)
     for leaf in jax.tree.leaves(chained):
         assert _chain_sharded(leaf, CHAINS)
     shared = (mcmc.step_size, mcmc.inverse_mass_matrix, state.step, group.value)

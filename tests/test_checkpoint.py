@@ -105,7 +105,7 @@ def test_save_load_round_trip_and_more_steps(tmp_path):
     shapes = eqx.filter_eval_shape(solver.init, model, key=jr.key(0), args=DATA)
     assert int(eb.load(path, like=shapes).step) == 7
     # `steps=` continues past the schedule: the last `keep` draws are kept.
-    result = solver.run(model, key=jr.key(0), args=DATA, state=loaded, steps=20)
+    result = solver.run(model, key=jr.key(1), args=DATA, state=loaded, steps=20)
     assert result.posterior.samples.a.shape == (2, 10)
 
 

@@ -20,7 +20,7 @@ from problems import (
 )
 
 import eqbayes as eb
-from eqbayes._solver import _next_batch
+from eqbayes._loop import next_batch
 
 
 F1, F2, Y = sincos_data()
@@ -98,7 +98,7 @@ def test_minibatches_cover_each_epoch_once():
     seen = []
     for step in range(6):  # two epochs of 3 batches; one row dropped per epoch
         state = eqx.tree_at(lambda s: s.step, state, jnp.asarray(step, jnp.int32))
-        batch, order = _next_batch(state, data)
+        batch, order = next_batch(state, data)
         state = eqx.tree_at(lambda s: s.data_order, state, order)
         seen.append(np.asarray(batch))
     first, second = np.concatenate(seen[:3]), np.concatenate(seen[3:])
@@ -174,7 +174,10 @@ def test_pattern_b_body_trains_while_the_head_is_sampled():
     result = solver.run(model, 1000, key=jr.key(1), data=data, batch_size=16)
     loss = result.history.loss
     assert loss.shape == (10,)
-    assert float(loss[-1]) < 0.2 * float(loss[0])
+    # The chunks' losses (each at one minibatch-free evaluation, with the head
+    # sampled) fall far below the untrained network's.
+    untrained = float(mlp_loss(net, data))
+    assert float(jnp.median(loss[5:])) < 0.2 * untrained
     head = result.posterior.samples.layers[-1].weight
     assert head.shape == (2, 200, 1, 16)
     assert float(jnp.std(head, axis=1).min()) > 0

@@ -18,6 +18,10 @@ import eqbayes as eb
 DATA = sincos_data()
 
 
+def _is_group(x):
+    return isinstance(x, eb.AbstractGroup)
+
+
 def _marked(kernel=blackjax.nuts, **kwargs):
     config = dict(
         num_chains=2, warmup=20, keep=15, thin=2, likelihood_scale=LIKELIHOOD_SCALE
@@ -50,28 +54,38 @@ def test_same_key_same_chain():
 
 
 @pytest.mark.parametrize("make", [_marked, _two_groups], ids=["one", "two_groups"])
-def test_fast_general_and_manual_paths_agree(make):
+def test_fast_general_and_manual_paths_agree(make, caplog):
     model = make()
     solver = eb.Solver(mse, progress=False)
-    fast = solver.run(model, key=jr.key(3), args=DATA)
-    # A longer print_every-free run through the general path: resume from a state.
+    with caplog.at_level(logging.INFO, logger="eqbayes"):
+        fast = solver.run(model, key=jr.key(3), args=DATA)
+    assert "Fast path" in caplog.text and "General path" not in caplog.text
     state = solver.init(model, key=jr.key(3), args=DATA)
     steps = max(
-        g.config.steps
-        for g in jax.tree.leaves(
-            state.model, is_leaf=lambda x: isinstance(x, eb.BayesianLeaf)
+        w + k * t
+        for w, k, t in (
+            g.schedule
+            for g in jax.tree.leaves(state.model, is_leaf=_is_group)
+            if isinstance(g, eb.AbstractChainGroup)
         )
-        if isinstance(g, eb.BayesianLeaf)
     )
-    general = solver.run(model, key=jr.key(3), args=DATA, state=state)
+    # The general path: a solve resumed after one manual step.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="eqbayes"):
+        general = solver.run(
+            model, key=jr.key(3), args=DATA, state=solver.step(state, args=DATA)
+        )
+    assert "General path" in caplog.text and "Fast path" not in caplog.text
     manual = state
     for _ in range(steps):
         manual = solver.step(manual, args=DATA)
     manual = solver.result(manual)
     assert tree_equal(fast.posterior.samples, general.posterior.samples)
+    assert tree_equal(fast.posterior.diagnostics, general.posterior.diagnostics)
     assert tree_equal(fast.posterior.samples, manual.posterior.samples)
     assert tree_equal(fast.posterior.diagnostics, manual.posterior.diagnostics)
     assert tree_equal(fast.model, manual.model)
+    assert tree_equal(fast.model, general.model)
 
 
 def test_fast_path_is_logged(caplog):

@@ -1,0 +1,530 @@
+"""MCMC groups: `eb.bayesian` and the `BayesianLeaf` it puts in the model."""
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, PyTree
+
+from . import _mcmc
+from ._checks import check_float, check_int, check_likelihood_scale, check_prior
+from ._custom_types import ArrayTree
+from ._groups import AbstractChainGroup, chain_flags, Context, GroupResult, Solve
+from ._kernels import (
+    check_kernel_kwargs,
+    DIAGNOSTIC_FIELDS,
+    kernel_spec,
+    position_of,
+)
+from ._marking import mark
+from ._mcmc import KernelDiagnostics, MCMCConfig, MCMCState
+from .initializers import check_initializer, run_initializer
+
+
+logger = logging.getLogger("eqbayes")
+
+_INIT_IMM_SHAPE = (
+    "The initializer `{init}` of group '{name}' returned an inverse mass matrix of "
+    "shape {shape}; the group has {d} sampled components, so it must have shape "
+    "({d},) (diagonal) or ({d}, {d}) (dense)."
+)
+_IMM_SHAPE = (
+    "`eb.bayesian(..., inverse_mass_matrix=...)` for group '{name}': the group has "
+    "{d} sampled components, so the inverse mass matrix must have shape ({d},) "
+    "(diagonal) or ({d}, {d}) (dense); got shape {shape}."
+)
+_SUBSTEP_INIT = (
+    "`Solver(..., substeps=...)`: group '{name}' has an initializer "
+    "(`eb.bayesian(..., init=...)`), but an initializer runs once on the full loss "
+    "while within substeps the group's kernel sees only its substep's loss. Drop "
+    "`init=` (start the group from values set in the model), or drop `substeps=`."
+)
+_SUBSTEP_ADAPT = (
+    "`Solver(..., substeps=...)`: group '{name}' adapts its step size "
+    "(`adapt=True`), but within substeps its kernel sees only its substep's loss "
+    "while the other parts still train. Pass `adapt=False` and a hand-set "
+    "`step_size=` to `eb.bayesian(...)`."
+)
+_ADAPT_MIXED = (
+    "Group '{name}': window adaptation tunes the step size while the optimised parts "
+    "of the model are still near their initial values, so it may not suit the "
+    "trained model. With optimised parts, `adapt=False` and a hand-set `step_size=` "
+    "are usually the better choice."
+)
+_SAME_START = (
+    "Group '{name}': its {k} chains all start at the model's values "
+    "(`init_jitter=0`), so R-hat cannot tell whether they would agree from "
+    "different starts. Pass e.g. `init_jitter=0.1` to `eb.bayesian(...)` (or an "
+    "initializer such as `init=eb.initializers.pathfinder()`)."
+)
+_VALUE_START = (
+    "`eb.bayesian(...)` for group '{name}': the model's values of the group hold a "
+    "NaN or an infinity, and every chain would start there. Set finite starting "
+    "values in the model before marking it."
+)
+_PRIOR_START = (
+    "`eb.bayesian(..., prior=...)` for group '{name}': the prior's log density at "
+    "the model's values is {value}, so every chain would start where the posterior "
+    "is zero (or undefined). Start the model inside the prior's support, or fix "
+    "the prior."
+)
+
+
+@eqx.filter_jit
+def _all_finite(position: ArrayTree):
+    leaves = jax.tree.leaves(position)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+@eqx.filter_jit
+def _log_prior(prior: Callable[[ArrayTree], Any], position: ArrayTree):
+    return prior(position)
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """What a group's initializer set (static, for the adaptation and the log)."""
+
+    used: tuple[str, ...]  # kernel keyword arguments taken from the initializer
+    dropped: tuple[str, ...]  # ... and those the kernel does not take
+
+
+class BayesianLeaf(AbstractChainGroup):
+    """A sub-tree whose floating-point leaves are sampled by an MCMC kernel.
+
+    Made by [`eqbayes.bayesian`][]; do not construct it directly. Its `value` is
+    the sub-tree as marked; after `Solver.init` its `state` (an `MCMCState`) holds
+    the kernel states of the K chains, the shared step size and inverse mass
+    matrix, the adaptation state and the kept draws.
+    """
+
+    value: PyTree
+    config: MCMCConfig = eqx.field(static=True)
+    name: str = eqx.field(static=True)
+    arrays: dict[str, Array]
+    state: MCMCState | None = None
+    warm: WarmStart | None = eqx.field(static=True, default=None)
+
+    marked_with: ClassVar[str] = "eb.bayesian"
+
+    @property
+    def minibatched(self) -> bool:
+        return self.config.kernel.is_stochastic_gradient
+
+    @property
+    def num_chains(self) -> int:
+        return self.config.num_chains
+
+    @property
+    def schedule(self) -> tuple[int, int, int]:
+        return self.config.warmup, self.config.keep, self.config.thin
+
+    def start(self, key):
+        return _mcmc.initial_positions(self.initial_position(), self.config, key)
+
+    def positions(self):
+        assert self.state is not None
+        return position_of(self.state.kernel_state, self.config.kernel, self.name)
+
+    def chain_axes(self):
+        return chain_flags(
+            self, lambda g: g.state.kernel_state, lambda g: g.state.draws
+        )
+
+    def _logdensity_for(self, ctx: Context, *, minibatch: bool):
+        """`others_k -> (theta -> log density at chain k)`."""
+        prior, scale = self.config.prior, self.config.likelihood_scale
+
+        def for_chain(others_k):
+            loss = ctx.loss_fn(others_k, minibatch=minibatch)
+
+            def logdensity(theta):
+                value = -scale * loss(theta) + prior(theta)
+                # A non-finite log density is a rejected (divergent) transition.
+                return jnp.where(jnp.isfinite(value), value, -jnp.inf)
+
+            return logdensity
+
+        return for_chain
+
+    def init(self, ctx):
+        assert ctx.key is not None and ctx.start is not None
+        warm_key, kernel_key = jr.split(ctx.key)
+        group, positions = self._warm_start(warm_key, ctx.start, ctx)
+        # An initializer's inverse mass matrix is kept by the window adaptation
+        # (which then tunes the step size only) unless it asks to re-estimate it.
+        kept = (
+            group.warm is not None
+            and "inverse_mass_matrix" in group.warm.used
+            and not getattr(group.config.init, "adapt_mass_matrix", False)
+        )
+        state = _mcmc.init_state(
+            group.config,
+            group.arrays,
+            positions,
+            group._logdensity_for(ctx, minibatch=group.minibatched),
+            ctx,
+            group.name,
+            kernel_key,
+            adapt_mass_matrix=not kept,
+        )
+        return eqx.tree_at(lambda g: g.state, group, state, is_leaf=lambda x: x is None)
+
+    def _warm_start(self, key, positions, ctx: Context):
+        """Runs the initializer, if any, on the full-data log density with the
+        other chain groups at chain 0 of their starting positions."""
+        init = self.config.init
+        if init is None:
+            return self, positions
+        first = jax.tree.map(lambda x: x[0], positions)
+        positions, update = run_initializer(
+            init,
+            key,
+            self._logdensity_for(ctx, minibatch=False)(ctx.chain(0)),
+            first,
+            self.config.num_chains,
+            self.name,
+        )
+        spec = self.config.kernel
+        used = {k: v for k, v in update.items() if spec.accepts(k)}
+        imm = used.get("inverse_mass_matrix")
+        if imm is not None:
+            d = jax.flatten_util.ravel_pytree(first)[0].size
+            if imm.shape not in ((d,), (d, d)):
+                raise ValueError(
+                    _INIT_IMM_SHAPE.format(
+                        init=type(init).__name__, name=self.name, d=d, shape=imm.shape
+                    )
+                )
+        warm = WarmStart(tuple(sorted(used)), tuple(sorted(set(update) - set(used))))
+        group = BayesianLeaf(
+            value=self.value,
+            config=self.config,
+            name=self.name,
+            arrays={**self.arrays, **used},
+            warm=warm,
+        )
+        return group, positions
+
+    def step(self, ctx):
+        assert self.state is not None
+        state = _mcmc.step_state(
+            self.config,
+            self.arrays,
+            self.state,
+            self._logdensity_for(ctx, minibatch=self.minibatched),
+            ctx,
+            self.name,
+        )
+        return eqx.tree_at(lambda g: g.state, self, state)
+
+    def monitor(self):
+        return {}
+
+    def result(self, ctx):
+        assert self.state is not None
+        samples, diagnostics = self.state.draws.kept(int(ctx.step))
+        return GroupResult(
+            samples, KernelDiagnostics(**diagnostics) if diagnostics else None
+        )
+
+    def check(self, solve: Solve) -> None:
+        config = self.config
+        imm = self.arrays.get("inverse_mass_matrix")
+        if imm is not None:
+            flat, _ = jax.flatten_util.ravel_pytree(self.initial_position())
+            d = flat.size
+            if imm.shape not in ((d,), (d, d)):
+                raise ValueError(
+                    _IMM_SHAPE.format(name=self.name, d=d, shape=imm.shape)
+                )
+        if solve.substeps and config.init is not None:
+            raise ValueError(_SUBSTEP_INIT.format(name=self.name))
+        if solve.substeps and config.adapts:
+            raise ValueError(_SUBSTEP_ADAPT.format(name=self.name))
+        position = self.initial_position()
+        finite = _all_finite(position)
+        if not isinstance(finite, jax.core.Tracer) and not bool(finite):
+            raise ValueError(_VALUE_START.format(name=self.name))
+        log_prior = _log_prior(config.prior, position)
+        # (Under `jax.eval_shape` of `Solver.init` there is no value to check.)
+        if not isinstance(log_prior, jax.core.Tracer):
+            if not math.isfinite(float(log_prior)):
+                raise ValueError(
+                    _PRIOR_START.format(name=self.name, value=float(log_prior))
+                )
+        if config.adapts and solve.trains:
+            logger.warning(_ADAPT_MIXED.format(name=self.name))
+        if config.num_chains > 1 and config.init_jitter == 0 and config.init is None:
+            logger.warning(_SAME_START.format(name=self.name, k=config.num_chains))
+
+    def describe(self) -> str:
+        config = self.config
+        if self.state is None:  # the info's fields are known once the state is built
+            fields = None
+        else:
+            _, diagnostics = self.state.draws.values
+            fields = [f for f in DIAGNOSTIC_FIELDS if f in diagnostics]
+        if config.adapts:
+            warm = f"warmup {config.warmup} (window adaptation)"
+        elif config.adapt and config.warmup > 0 and not config.kernel.is_hmc_family:
+            warm = (
+                f"warmup {config.warmup} (discarded; adapt=True is ignored: only "
+                "HMC-family kernels are adapted)"
+            )
+        else:
+            warm = f"warmup {config.warmup} (discarded)"
+        if config.kernel.is_stochastic_gradient:
+            recorded = "none (stochastic-gradient kernels report no info)"
+        elif fields is None:
+            recorded = "known after `Solver.init`"
+        elif fields:
+            recorded = ", ".join(fields)
+        else:
+            recorded = "none (the kernel's info has none)"
+        return (
+            f"Group '{self.name}': Bayesian sampling with '{config.kernel.name}' "
+            f"({config.kernel.family} MCMC), K={config.num_chains} chain(s), "
+            f"{self._describe_init()}{warm}, keep {config.keep}, thin {config.thin}; "
+            f"diagnostics: {recorded}"
+        )
+
+    def _describe_init(self) -> str:
+        init = self.config.init
+        if init is None:
+            return ""
+        parts = [f"started by the initializer {type(init).__name__}"]
+        if self.warm is not None and self.warm.used:
+            parts.append(f"which sets {', '.join(self.warm.used)}")
+        if self.config.init_jitter > 0:
+            parts.append(
+                f"init_jitter={self.config.init_jitter} is ignored (the initializer "
+                "sets the chains' starting points)"
+            )
+        if self.warm is not None and self.warm.dropped:
+            parts.append(
+                f"dropped {', '.join(self.warm.dropped)} (the kernel "
+                f"'{self.config.kernel.name}' does not take it)"
+            )
+        return "; ".join(parts) + "; "
+
+
+# -- eb.bayesian ------------------------------------------------------------------
+
+_NEG_STEP_SIZE = (
+    "`eb.bayesian(..., step_size={value!r})` for group '{name}': the step size must "
+    "be a positive finite number, e.g. `step_size=1e-2`."
+)
+_NEED_STEP_SIZE = (
+    "`eb.bayesian(..., kernel={kernel})` for group '{name}' needs `step_size=`: "
+    "{why} Pass e.g. `step_size=1e-2`."
+)
+_KWARG_UNHASHABLE = (
+    "`eb.bayesian(..., {kwarg}=...)` for group '{name}': kernel keyword arguments "
+    "must be arrays or hashable values (numbers, strings, functions); got a value "
+    "of type `{type}`."
+)
+
+
+def bayesian(
+    model: PyTree,
+    kernel: Callable[..., Any],
+    *,
+    where: Callable[[PyTree], Any] | None = None,
+    mask: PyTree | None = None,
+    prior: Callable[[ArrayTree], Any] | None = None,
+    warmup: int = 500,
+    keep: int = 1000,
+    thin: int = 1,
+    num_chains: int = 1,
+    init_jitter: float = 0.0,
+    adapt: bool = True,
+    likelihood_scale: float = 1.0,
+    init: Any = None,
+    name: str | None = None,
+    **kernel_kwargs: Any,
+) -> PyTree:
+    r"""Marks a sub-tree of `model` to be sampled by a blackjax MCMC kernel.
+
+    The selected sub-tree (a leaf, a layer, the whole model) is replaced by a
+    [`eqbayes.BayesianLeaf`][]; the model is otherwise unchanged, and
+    [`eqbayes.unwrap`][] gives the plain model back. Its floating-point array
+    leaves form the group's position $\theta$, sampled from
+
+    $$\log p(\theta) = -s \cdot \text{loss}(\text{model}(\theta), \dots)
+        + \log \text{prior}(\theta)$$
+
+    where $s$ is `likelihood_scale`,
+
+    and every other part of the model is at its current value. Several groups in one
+    model are stepped in a fixed cycle (Metropolis-within-Gibbs), one transition
+    per group per solver step.
+
+    **Arguments:**
+
+    - `model`: any pytree, usually an `eqx.Module`; may already hold other groups.
+    - `kernel`: a blackjax kernel factory. Full-data kernels (`blackjax.nuts`,
+        `blackjax.hmc`, `blackjax.mala`, or any factory
+        `(logdensity_fn, **kwargs) -> blackjax.SamplingAlgorithm`) get the log
+        density above on all the data; stochastic-gradient kernels
+        (`blackjax.sgld`, `blackjax.sghmc`, `blackjax.sgnht`, or any factory whose
+        first parameter is `grad_estimator`) get its gradient on each step's
+        minibatch (see `batch_size=` in [`eqbayes.Solver.run`][]). The family is
+        read from the name of the factory's first parameter.
+    - `where`: selects the sub-tree, like `eqx.tree_at`'s `where`
+        (e.g. `lambda m: m.layers[-1]`); `None` means the whole model. It always
+        sees the plain model, so groups can be added one call at a time.
+    - `mask`: a pytree of bools over the selected sub-tree (or a prefix of it):
+        only `True` floating-point leaves form the group; the others stay as they
+        are (frozen, trained by `Solver(optimizer=...)`, or held by other masked
+        groups: several groups with disjoint masks may share one sub-tree). The
+        prior sees only the masked leaves, and only they are stored per draw.
+    - `prior`: a callable `position -> log density`, seeing only this group's
+        position; `None` means `eb.priors.gaussian(10.0)`.
+    - `warmup`: solver steps spent warming up before any draw is kept. For
+        HMC-family kernels (NUTS, HMC) with `adapt=True`, window adaptation tunes
+        the step size and a diagonal inverse mass matrix during these steps (dense
+        when you pass a 2-D `inverse_mass_matrix`); otherwise they are discarded.
+    - `keep`: draws to keep per chain.
+    - `thin`: keep one draw every `thin` post-warmup steps.
+    - `num_chains`: independent chains K, run in parallel with `jax.vmap`. All
+        groups of one solve must have the same K.
+    - `init_jitter`: chain k starts at θ₀ + init_jitter·N(0, I).
+    - `adapt`: run window adaptation for HMC-family kernels (ignored, with a log
+        line, for other kernels).
+    - `likelihood_scale`: the factor on the loss. The default 1 is exact for a
+        loss that is the full negative log-likelihood (a sum over the data). For a
+        mean-squared-error loss over N points with Gaussian noise σ, `N / (2 σ²)`
+        makes the log density the exact Gaussian log-likelihood; a mean loss left
+        at 1 gives a posterior far too wide.
+    - `init`: a log-density-aware initializer from [`eqbayes.initializers`][]
+        (`pathfinder()`, `laplace()`, `svgd()`, or your own
+        [`eqbayes.initializers.AbstractInitializer`][]). It runs once in
+        `Solver.init` on the group's log density (other groups at their starting
+        values) and sets the chains' starting positions (`init_jitter` is then
+        ignored) and possibly the inverse mass matrix. With `adapt=True` window
+        adaptation follows from there: it tunes the step size and keeps the
+        initializer's inverse mass matrix (or, for an initializer made with
+        `adapt_mass_matrix=True`, starts from it and re-estimates it in its slow
+        windows, as Stan does with a given metric); with `adapt=False` (or
+        `warmup=0`) the initializer's settings and your `step_size` are used.
+        With `mask=` it sees only the masked leaves; settings the kernel does not
+        take (an inverse mass matrix for MALA or SGLD) are dropped, with a log
+        line. Not available for groups inside `Solver(..., substeps=...)`.
+    - `name`: the group's name in diagnostics and logs; defaults to the `where`
+        path (`"layers[2]"`) or the model's class name.
+    - `**kernel_kwargs`: forwarded to `kernel`, e.g. `step_size=1e-2`,
+        `num_integration_steps=16`, `inverse_mass_matrix=...` (for
+        stochastic-gradient kernels, also the keywords of their `step`, such as
+        `temperature`). `step_size` is required except for HMC-family kernels
+        with `adapt=True` and `warmup > 0`, where it is the initial step size of
+        the adaptation (default 1.0). `inverse_mass_matrix` defaults to the
+        identity.
+
+    **Returns:**
+
+    A new model with the sub-tree wrapped.
+
+    !!! Example
+
+        ```python
+        model = eb.bayesian(model, blackjax.nuts, where=lambda m: m.layers[-1],
+                            num_chains=4, warmup=500, keep=1000)
+        result = eb.Solver(loss).run(model, key=jax.random.key(0), args=(x, y))
+        ```
+    """
+
+    def make(subtree: PyTree, group_name: str) -> BayesianLeaf:
+        the_init = None if init is None else check_initializer(init, group_name)
+        spec = kernel_spec(kernel, group_name)
+        w = check_int(warmup, "warmup", group_name, 0, "Use `warmup=0` for none.")
+        k = check_int(keep, "keep", group_name, 1, "Keep at least one draw.")
+        t = check_int(thin, "thin", group_name, 1, "`thin=1` keeps every draw.")
+        c = check_int(
+            num_chains, "num_chains", group_name, 1, "`num_chains=1` runs one chain."
+        )
+        jitter = check_float(
+            init_jitter,
+            "init_jitter",
+            group_name,
+            positive=False,
+            fix="`init_jitter=0.0` starts every chain at the model's values.",
+        )
+        scale = check_likelihood_scale(likelihood_scale, group_name)
+        kwargs = dict(kernel_kwargs)
+        step_size = kwargs.pop("step_size", None)
+        if step_size is not None:
+            try:
+                ok = math.isfinite(float(step_size)) and float(step_size) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(
+                    _NEG_STEP_SIZE.format(value=step_size, name=group_name)
+                )
+            step_size = float(step_size)
+        adapts = bool(adapt) and spec.is_hmc_family and w > 0
+        if step_size is None and spec.takes_step_size and not adapts:
+            if spec.is_stochastic_gradient:
+                why = (
+                    "stochastic-gradient kernels take a step size at every step and "
+                    "are not adapted."
+                )
+            elif spec.is_hmc_family and not adapt:
+                why = "with `adapt=False` nothing tunes the step size."
+            elif spec.is_hmc_family:
+                why = "with `warmup=0` there are no steps to adapt it in."
+            else:
+                why = (
+                    f"`{spec.name}` has no step-size adaptation (only HMC-family "
+                    "kernels are adapted)."
+                )
+            raise ValueError(
+                _NEED_STEP_SIZE.format(kernel=spec.name, name=group_name, why=why)
+            )
+        if step_size is not None:
+            kwargs["step_size"] = step_size
+        check_kernel_kwargs(spec, kwargs, group_name)
+        kwargs.pop("step_size", None)
+        arrays = {}
+        static = []
+        for key, value in sorted(kwargs.items()):
+            if eqx.is_array_like(value) and not isinstance(value, (bool, int, float)):
+                arrays[key] = jnp.asarray(value)
+            else:
+                try:
+                    hash(value)
+                except TypeError:
+                    raise TypeError(
+                        _KWARG_UNHASHABLE.format(
+                            kwarg=key, name=group_name, type=type(value).__name__
+                        )
+                    ) from None
+                static.append((key, value))
+        the_prior = check_prior(prior, group_name)
+        config = MCMCConfig(
+            kernel=spec,
+            prior=the_prior,
+            warmup=w,
+            keep=k,
+            thin=t,
+            num_chains=c,
+            init_jitter=jitter,
+            adapt=bool(adapt),
+            likelihood_scale=scale,
+            step_size=step_size,
+            static_kwargs=tuple(static),
+            init=the_init,
+        )
+        return BayesianLeaf(
+            value=subtree, config=config, name=group_name, arrays=arrays
+        )
+
+    return mark(model, make, where=where, mask=mask, name=name, call="eb.bayesian")

@@ -1,0 +1,119 @@
+"""The host driver of `Solver.run`: compiled chunks of steps, and what runs on the
+host between them (records, callbacks, checkpoints, the log)."""
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _chunks, _sharding
+from ._loop import chunk_program, Program, SolverState
+from ._posterior import History
+from .callbacks import AbstractCallback, chunk_record
+
+
+logger = logging.getLogger("eqbayes")
+
+
+def drive(
+    program: Program,
+    state: SolverState,
+    args: tuple,
+    data: Any,
+    *,
+    steps: int,
+    warmup: int | None,
+    every: int | None,
+    callbacks: list,
+) -> tuple[SolverState, History]:
+    """Runs `steps` solver steps from `state` in compiled chunks.
+
+    `warmup` is the warmup of the fast path (every chain group on one schedule, a
+    fresh solve of exactly its length), None for the general path. `every` fixes
+    the chunk length; None times chunks when somebody watches (`callbacks`), and
+    runs the whole solve in one chunk otherwise.
+    """
+    fast = warmup is not None
+    done = int(state.step)
+    mesh = _sharding.mesh_of(state.step)
+    sizes = _chunks.ChunkSizes(
+        steps,
+        every=every if (every or callbacks) else steps,
+        key=None
+        if every is not None or not callbacks
+        else _chunks.pace_key(program, fast, state, args, data),
+    )
+    records = []
+
+    def tell(state, record, n):
+        record = jax.device_get(record)  # one host transfer per chunk
+        records.append(record)
+        if callbacks:
+            loss, monitors = record
+            chunk = chunk_record(state, loss, n, done + steps, _neg_elbo(monitors))
+            for callback in callbacks:
+                callback(chunk)
+
+    path = (
+        "Fast path (warmup and draws without per-step bookkeeping)"
+        if fast
+        else "General path (the fast path needs one warmup/keep/thin for all "
+        "sampling groups and a fresh solve of exactly their length)"
+    )
+    cadence = f"about {_chunks.REFRESH_SECONDS} s each" if sizes.timed else sizes.size
+    logger.info(f"{path}: {steps} steps in chunks of {cadence}.")
+    with (
+        _running(callbacks, done, done + steps),
+        _sharding.using(mesh),
+        _chunks.HostWork(threaded=bool(callbacks)) as host,
+    ):
+        at = 0
+        while at < steps:
+            n = sizes.next(at)
+            host.release()  # the last chunk's host work runs while this computes
+            start = time.perf_counter()
+            n_warm = min(n, max(0, warmup - at)) if fast else 0
+            state, record = chunk_program(
+                program, state, args, data, jnp.asarray(n_warm), jnp.asarray(n), fast
+            )
+            at += n
+            if sizes.timed:
+                jax.block_until_ready(record)
+                sizes.observe(n, time.perf_counter() - start, host.seconds)
+            host.submit(tell, state, record, n, last=at == steps)
+    return state, history(records)
+
+
+def _neg_elbo(monitors: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {name: m["neg_elbo"] for name, m in monitors.items() if "neg_elbo" in m}
+
+
+def history(records: list) -> History:
+    """The per-chunk `(loss, {name: monitors})` records as a `History`."""
+    if not records:
+        return History(jnp.zeros((0,)), {})
+    losses, monitors = zip(*records)
+    neg_elbos = [_neg_elbo(m) for m in monitors]
+    return History(
+        jnp.asarray(np.stack(losses)),
+        {
+            name: jnp.asarray(np.stack([r[name] for r in neg_elbos]))
+            for name in neg_elbos[0]
+        },
+    )
+
+
+@contextlib.contextmanager
+def _running(callbacks, step: int, end: int):
+    """Tells the callbacks that a run starts, and that it ended (also on an
+    error), in reverse order."""
+    with contextlib.ExitStack() as stack:
+        for callback in callbacks:
+            if isinstance(callback, AbstractCallback):
+                callback.start(step, end)
+                stack.callback(callback.end)
+        yield
