@@ -44,8 +44,9 @@ def group_labels(model: PyTree, marked: PyTree):
 
     A group's leaves are labelled by their path in the model (`layers[2].weight`),
     unless the group was given its own `name=`: then by that name and the path
-    inside the group (`head.weight`). Members of masked groups share their
-    sub-tree, so they are always labelled by the path.
+    inside the group (`head.weight`; `curve.a` or `curve[0]` when the group is the
+    whole model; the name alone when it is one leaf). Members of masked groups
+    share their sub-tree, so they are always labelled by the path.
     """
     model_name = type(model).__name__
     out = []
@@ -81,6 +82,10 @@ def _label(path: str, labels) -> str:
         return path
     name, where, prefix = best
     rest = path[len(where) :]
+    if not where and rest and not rest.startswith("["):
+        # `path_str` drops the `.` before a top-level attribute: a whole-model
+        # group's `name=` needs it back (`curve.a`, but `curve[0]`).
+        rest = "." + rest
     label = (prefix + rest) if prefix else rest.lstrip(".")
     return label or name
 

@@ -94,7 +94,9 @@ def test_records_per_chunk(fast):
         )
         if diagnostics.is_divergent is not None:
             assert group.n_is_divergent == int(jnp.sum(diagnostics.is_divergent))
-            assert group.mean_energy is not None
+            np.testing.assert_allclose(
+                group.mean_energy, float(jnp.mean(diagnostics.energy)), rtol=1e-6
+            )
         else:
             assert group.n_is_divergent is None and group.mean_energy is None
     if not fast:
@@ -110,10 +112,64 @@ def test_records_per_chunk(fast):
     metrics = last.metrics()
     prefix = "posterior/Coefficients/" if fast else "posterior/a/"
     assert metrics["step"] == total and metrics["loss"] == last.loss
+    group = last.groups["Coefficients" if fast else "a"]
     for key in ("n_samples", "n_chains", "n_is_divergent", "mean_acceptance_rate"):
-        assert prefix + key in metrics
+        assert metrics[prefix + key] == getattr(group, key)
+    # Draws per chain at each record (chunks of 10 steps): none during warmup,
+    # then one per step after it (thin=1), up to `keep`.
+    assert steps == list(range(10, total + 1, 10))
+    expected = (
+        {"Coefficients": [0, 0, 10, 20, 30]}  # warmup=20, keep=30
+        if fast
+        else {"a": [0, 10, 20], "slope": [0, 10, 20]}  # warmup=10, keep=20
+    )
+    for name, counts in expected.items():
+        assert [r.groups[name].n_samples for r in records] == counts
     # A record before any draw: no statistics yet.
-    assert records[0].groups[next(iter(records[0].groups))].n_samples >= 0
+    for group in records[0].groups.values():
+        assert group.n_samples == 0 and group.n_chains == 2
+        assert group.mean is None and group.n_is_divergent is None
+        assert group.mean_acceptance_rate is None and group.mean_energy is None
+
+
+def test_record_n_samples_follow_each_groups_schedule():
+    """`n_samples` counts each group's kept draws: none during its warmup, one
+    every `thin` steps after it, and no more than `keep` once it has finished."""
+    model = Coefficients(jnp.array(3.0), jnp.array(-2.5))
+    config = dict(num_chains=2, likelihood_scale=LIKELIHOOD_SCALE)
+    model = eb.bayesian(
+        model, blackjax.nuts, where=lambda m: m.a, warmup=10, keep=10, **config
+    )
+    model = eb.bayesian(
+        model,
+        blackjax.mala,
+        where=lambda m: m.b,
+        step_size=1e-5,
+        warmup=0,
+        keep=10,
+        thin=3,
+        name="slope",
+        **config,
+    )
+    recorder = _Recorder()
+    solver = eb.Solver(mse, progress=False, print_every=10, callbacks=(recorder,))
+    result = solver.run(model, key=jr.key(0), args=DATA)
+    records = recorder.records
+    assert [r.step for r in records] == [10, 20, 30]
+    # "a" (warmup 10, keep 10) is done at step 20; "slope" (no warmup, thin 3)
+    # keeps a draw every third step until step 30.
+    assert [r.groups["a"].n_samples for r in records] == [0, 10, 10]
+    assert [r.groups["slope"].n_samples for r in records] == [3, 6, 10]
+    for name, group in records[-1].groups.items():
+        draws = result.posterior.diagnostics[name].acceptance_rate.shape[1]
+        assert group.n_samples == draws
+    assert records[0].groups["a"].mean is None
+    # ... and the running mean of "slope" at step 10 is that of its first 3 draws.
+    np.testing.assert_allclose(
+        records[0].groups["slope"].mean,
+        float(jnp.mean(result.posterior.samples.b[:, :3])),
+        rtol=1e-6,
+    )
 
 
 def test_callbacks_do_not_change_the_chain():

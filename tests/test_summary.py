@@ -14,6 +14,7 @@ import pytest
 from problems import Coefficients, LIKELIHOOD_SCALE, mse, sincos_data
 
 import eqbayes as eb
+from eqbayes._summary import group_labels
 
 
 DATA = sincos_data()
@@ -164,7 +165,7 @@ def test_whole_model_nuts_to_arviz():
     assert "divergent" in summary.groups["Coefficients"]
     idata = posterior.to_arviz()
     stats = idata.sample_stats
-    assert set(stats.data_vars) >= {"diverging", "acceptance_rate", "energy"}
+    assert set(stats.data_vars) == {"diverging", "acceptance_rate", "energy"}
     np.testing.assert_array_equal(
         stats["diverging"].values,
         np.asarray(posterior.diagnostics["Coefficients"].is_divergent),
@@ -172,6 +173,105 @@ def test_whole_model_nuts_to_arviz():
     np.testing.assert_array_equal(idata.posterior["a"].values, posterior.samples.a)
     table = az.summary(idata)
     assert list(table.index) == ["a", "b"]
+
+
+def test_named_whole_model_labels():
+    """A whole-model group given `name=` labels its leaves `name.attr[i]`."""
+    model = eb.bayesian(
+        Coefficients(a=jnp.zeros(1), b=jnp.zeros(1)),
+        blackjax.nuts,
+        name="curve",
+        num_chains=2,
+        warmup=50,
+        keep=50,
+        likelihood_scale=LIKELIHOOD_SCALE,
+    )
+    result = eb.Solver(mse, progress=False).run(model, key=jr.key(0), args=DATA)
+    summary = result.posterior.summary()
+    assert summary.names == ("curve.a[0]", "curve.b[0]")
+    assert list(summary.groups) == ["curve"]
+    idata = result.posterior.to_arviz()
+    assert list(idata.posterior.data_vars) == ["curve.a", "curve.b"]
+
+
+@pytest.mark.parametrize(
+    "model, where, name, expected",
+    [
+        # The whole model, named: `name` + the path inside it.
+        (
+            Coefficients(jnp.zeros(()), jnp.zeros(2)),
+            None,
+            "curve",
+            ["curve.a", "curve.b[0]", "curve.b[1]"],
+        ),
+        ([jnp.zeros(1), jnp.zeros(())], None, "curve", ["curve[0][0]", "curve[1]"]),
+        (
+            {"a": jnp.zeros(1), "b": jnp.zeros(())},
+            None,
+            "curve",
+            ["curve['a'][0]", "curve['b']"],
+        ),
+        (jnp.zeros(2), None, "curve", ["curve[0]", "curve[1]"]),
+        # The whole model, unnamed: the path in the model.
+        (Coefficients(jnp.zeros(()), jnp.zeros(1)), None, None, ["a", "b[0]"]),
+        # A single leaf, named: the name alone.
+        (
+            Coefficients(jnp.zeros(1), jnp.zeros(1)),
+            lambda m: m.a,
+            "alpha",
+            ["alpha[0]"],
+        ),
+        (Coefficients(jnp.zeros(()), jnp.zeros(())), lambda m: m.a, "alpha", ["alpha"]),
+        (
+            {"a": jnp.zeros(2), "b": jnp.zeros(())},
+            lambda m: m["a"],
+            "alpha",
+            ["alpha[0]", "alpha[1]"],
+        ),
+        # A sub-tree, named: `name` + the path inside it.
+        (
+            Coefficients(Coefficients(jnp.zeros(1), jnp.zeros(())), jnp.zeros(())),
+            lambda m: m.a,
+            "head",
+            ["head.a[0]", "head.b"],
+        ),
+        (
+            [jnp.zeros(()), [jnp.zeros(1), jnp.zeros(())]],
+            lambda m: m[1],
+            "head",
+            ["head[0][0]", "head[1]"],
+        ),
+    ],
+    ids=[
+        "whole-module",
+        "whole-list",
+        "whole-dict",
+        "whole-array",
+        "whole-unnamed",
+        "leaf",
+        "scalar-leaf",
+        "dict-leaf",
+        "module-subtree",
+        "list-subtree",
+    ],
+)
+def test_named_group_labels(model, where, name, expected):
+    """Row labels for named and unnamed groups of Module, list and dict models."""
+    kwargs = {} if where is None else {"where": where}
+    if name is not None:
+        kwargs["name"] = name
+    marked = eb.bayesian(model, blackjax.mala, step_size=1e-2, **kwargs)
+    sampled = jax.tree.map(lambda _: where is None, model)
+    if where is not None:
+        sampled = eqx.tree_at(
+            where, sampled, replace_fn=lambda s: jax.tree.map(lambda _: True, s)
+        )
+    samples = jax.tree.map(
+        lambda x, s: jnp.zeros((1, 4, *x.shape)) if s else None, model, sampled
+    )
+    labels = group_labels(model, marked)
+    posterior = _posterior(samples, {}, model, labels)
+    assert list(posterior.summary().names) == expected
 
 
 def test_printing_elides_long_tables():
