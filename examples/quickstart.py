@@ -87,6 +87,9 @@ def main() -> None:
     model = Coefficients(a=jnp.array(0.0), b=jnp.array(0.0))
     # With Gaussian noise of standard deviation σ over N points,
     # log p(y | a, b) = −N/(2σ²) · MSE + const, so the MSE loss is scaled by N/(2σ²).
+    # Left at the default likelihood_scale=1, this mean loss would give a posterior
+    # far too wide (about N/(2σ²) ≈ 5000 times the variance); a loss that is the full
+    # negative log-likelihood, sum((model(x) - y)**2) / (2σ²), takes the default 1.
     model = eb.bayesian(
         model,
         blackjax.nuts,
