@@ -18,8 +18,8 @@ measurement shows the overhead of the partitioned program (collectives between h
 devices, one program per device), not a speed-up. On an accelerator host each
 device is a chip of its own and the same script measures the scaling.
 
-Both sides run the same solve with the same key (their chains are bitwise equal
-whenever every device holds at least two chains); each call is timed to
+Both sides run the same solve with the same key (their chains agree to rounding,
+not necessarily bitwise: see docs/scaling.md); each call is timed to
 `jax.block_until_ready` on the whole result after one warm-up call, the sides
 interleaved (the order rotated), over `reps` repetitions with new keys:
 the median call for the one-device ratio (a shared machine's occasional slow call
