@@ -56,6 +56,8 @@ class Program:
 # Minibatch orders use keys from their own stream: step keys are
 # `fold_in(key, step)` with `step < 2**31`.
 _DATA_STREAM = 0xFFFFFFFF
+# Groups' init keys likewise, beside their start keys `fold_in(init_key, j)`.
+_INIT_STREAM = 0xFFFFFFFF
 
 
 def split_key(key: PRNGKeyArray) -> tuple[PRNGKeyArray, PRNGKeyArray]:
@@ -65,9 +67,11 @@ def split_key(key: PRNGKeyArray) -> tuple[PRNGKeyArray, PRNGKeyArray]:
 
 
 def group_keys(init_key: PRNGKeyArray, j: int) -> tuple[PRNGKeyArray, PRNGKeyArray]:
-    """`(start key, init key)` of group `j`: independent of every other group's
-    and of each other (a group splits each further, e.g. per leaf or chain)."""
-    start, init = jr.split(jr.fold_in(init_key, j))
+    """`(start key, init key)` of group `j`. Start keys are `fold_in(init_key, j)`
+    (a group splits its own per leaf); init keys come from a stream of their own,
+    so that no split of a start key is an init key."""
+    start = jr.fold_in(init_key, j)
+    init = jr.fold_in(jr.fold_in(init_key, jnp.uint32(_INIT_STREAM)), j)
     return start, init
 
 
