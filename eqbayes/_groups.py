@@ -140,8 +140,7 @@ class Solve:
     @property
     def num_chains(self) -> int:
         """K of the chain groups (1 when there are none)."""
-        chains = self.chain_groups
-        return chains[0].num_chains if chains else 1
+        return num_chains(self.groups)
 
     @property
     def trains(self) -> bool:
@@ -262,7 +261,7 @@ class AbstractGroup(eqx.Module):
     any other group has one value, `current()`, which every chain sees.
 
     Subclasses are final: implement every abstract member, override nothing else.
-    See [Writing your own group](../custom_groups.md).
+    See [Writing your own group](../tutorials/custom_groups.py).
     """
 
     value: eqx.AbstractVar[PyTree]
@@ -362,6 +361,12 @@ class AbstractChainGroup(AbstractGroup):
         """A prefix pytree of the group: True over the parts whose every array has
         the chain axis first (sharded over a mesh's `"chains"` axis), False over
         the rest (replicated)."""
+
+
+def num_chains(groups: Sequence[AbstractGroup]) -> int:
+    """K of the chain groups among `groups` (1 when there are none)."""
+    chains = [g for g in groups if isinstance(g, AbstractChainGroup)]
+    return chains[0].num_chains if chains else 1
 
 
 def is_group(x: Any) -> bool:

@@ -12,7 +12,14 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._custom_types import ArrayTree
-from ._groups import AbstractChainGroup, AbstractGroup, Context, is_group, Mode
+from ._groups import (
+    AbstractChainGroup,
+    AbstractGroup,
+    Context,
+    is_group,
+    Mode,
+    num_chains,
+)
 from ._marking import collapse
 from ._optax import OptaxGroup
 from ._sharding import over_chains
@@ -75,11 +82,15 @@ def group_keys(init_key: PRNGKeyArray, j: int) -> tuple[PRNGKeyArray, PRNGKeyArr
     return start, init
 
 
+def _is_unmarked(x: Any) -> bool:
+    """A floating-point array leaf that no group holds (`Solver(optimizer=...)`
+    trains it)."""
+    return not is_group(x) and eqx.is_inexact_array(x)
+
+
 def unmarked_leaves(model: PyTree) -> list[Any]:
-    """The floating-point array leaves that no group holds (`Solver(optimizer=...)`
-    trains them), in flattening order."""
-    leaves = jax.tree.leaves(model, is_leaf=is_group)
-    return [x for x in leaves if not is_group(x) and eqx.is_inexact_array(x)]
+    """The unmarked floating-point leaves of a marked model, in flattening order."""
+    return [x for x in jax.tree.leaves(model, is_leaf=is_group) if _is_unmarked(x)]
 
 
 class Parts:
@@ -93,11 +104,7 @@ class Parts:
         self.rest: list[int] = []
         if unmarked is not None:
             groups.append(unmarked)
-            self.rest = [
-                i
-                for i, x in enumerate(self.leaves)
-                if not is_group(x) and eqx.is_inexact_array(x)
-            ]
+            self.rest = [i for i, x in enumerate(self.leaves) if _is_unmarked(x)]
         self.groups = groups
         self.has_unmarked = unmarked is not None
 
@@ -134,11 +141,6 @@ def chain_positions(groups, exclude: int | None = None) -> dict[int, ArrayTree]:
         for j, g in enumerate(groups)
         if j != exclude and isinstance(g, AbstractChainGroup)
     }
-
-
-def num_chains(groups) -> int:
-    chains = [g for g in groups if isinstance(g, AbstractChainGroup)]
-    return chains[0].num_chains if chains else 1
 
 
 def context(

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jaxtyping import PRNGKeyArray, PyTree
 
@@ -30,6 +31,7 @@ from ._groups import (
 )
 from ._loop import (
     chain_positions,
+    context,
     init_program,
     loss_args,
     Parts,
@@ -391,7 +393,7 @@ class Solver(eqx.Module):
         with _sharding.using(mesh):
             (model, unmarked), losses = init_program(self._program, start, full, mini)
         if not isinstance(losses, jax.core.Tracer):  # (under `jax.eval_shape`)
-            _check_start(np.asarray(losses))
+            _check_start(losses)
         data_order = None
         if batch_size is not None:
             data_order = jnp.zeros(jax.tree.leaves(data)[0].shape[0], jnp.int32)
@@ -522,23 +524,18 @@ class Solver(eqx.Module):
         full, _ = loss_args(args, data, None)
 
         def ctx(j: int) -> Context:
-            def plain(others_k, position):
-                values = {l: groups[l].materialise(p) for l, p in others_k.items()}
-                values[j] = groups[j].materialise(position)
-                return parts.plain(groups, values)
-
-            return Context(
+            return context(
+                parts,
+                groups,
+                j,
+                chain_positions(groups, exclude=j),
+                loss=self.loss,
+                full=full,
+                mini=full,
                 key=None,
                 step=steps_done,
                 mode=Mode.GENERAL,
                 start=None,
-                others=chain_positions(groups, exclude=j),
-                num_chains=1,
-                refresh=len(groups) > 1,
-                plain=plain,
-                loss=self.loss,
-                full_args=full,
-                batch_args=full,
             )
 
         results = [g.result(ctx(j)) for j, g in enumerate(groups)]
@@ -783,7 +780,11 @@ def _check_loss(loss, model, args):
         raise ValueError(_LOSS_SHAPE.format(what=what))
 
 
-def _check_start(losses: np.ndarray) -> None:
+def _check_start(losses: jax.Array) -> None:
+    """A clear error when the loss is not finite at some chain's start."""
+    if not losses.is_fully_addressable:  # chains on other processes too
+        losses = multihost_utils.process_allgather(losses, tiled=True)
+    losses = np.asarray(losses)
     bad = [k for k, x in enumerate(losses) if not math.isfinite(float(x))]
     if bad:
         values = ", ".join(sorted({str(float(losses[k])) for k in bad}))
