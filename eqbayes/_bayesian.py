@@ -1,6 +1,7 @@
 """MCMC groups: `eb.bayesian` and the `BayesianLeaf` it puts in the model."""
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -77,15 +78,15 @@ _PRIOR_START = (
 )
 
 
-@eqx.filter_jit
-def _all_finite(position: ArrayTree):
-    leaves = jax.tree.leaves(position)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+@functools.lru_cache(maxsize=64)
+def _at_start(prior: Callable[[ArrayTree], Any]) -> Callable:
+    """`position -> (every value finite, log prior)`, compiled once per prior."""
 
+    def at_start(position):
+        finite = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(position)]
+        return jnp.all(jnp.stack(finite)), prior(position)
 
-@eqx.filter_jit
-def _log_prior(prior: Callable[[ArrayTree], Any], position: ArrayTree):
-    return prior(position)
+    return jax.jit(at_start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,13 +250,11 @@ class BayesianLeaf(AbstractChainGroup):
             raise ValueError(_SUBSTEP_INIT.format(name=self.name))
         if solve.substeps and config.adapts:
             raise ValueError(_SUBSTEP_ADAPT.format(name=self.name))
-        position = self.initial_position()
-        finite = _all_finite(position)
-        if not isinstance(finite, jax.core.Tracer) and not bool(finite):
-            raise ValueError(_VALUE_START.format(name=self.name))
-        log_prior = _log_prior(config.prior, position)
+        finite, log_prior = _at_start(config.prior)(self.initial_position())
         # (Under `jax.eval_shape` of `Solver.init` there is no value to check.)
-        if not isinstance(log_prior, jax.core.Tracer):
+        if not isinstance(finite, jax.core.Tracer):
+            if not bool(finite):
+                raise ValueError(_VALUE_START.format(name=self.name))
             if not math.isfinite(float(log_prior)):
                 raise ValueError(
                     _PRIOR_START.format(name=self.name, value=float(log_prior))

@@ -122,16 +122,27 @@ class Parts:
         return collapse(jax.tree.unflatten(self.treedef, leaves))
 
     def rebuild(self, groups) -> tuple[PyTree, OptaxGroup | None]:
-        """`(model, unmarked)` holding `groups`; the unmarked leaves of the model
-        are set to the unmarked group's current values."""
+        """`(model, unmarked)` holding `groups`. The model's unmarked leaves are
+        left as they are (`sync` sets them)."""
         leaves = list(self.leaves)
         for i, group in zip(self.index, groups):
             leaves[i] = group
         unmarked = groups[-1] if self.has_unmarked else None
-        if unmarked is not None:
-            for i, x in zip(self.rest, unmarked.current()):
-                leaves[i] = x
         return jax.tree.unflatten(self.treedef, leaves), unmarked
+
+
+def sync(state: "SolverState") -> "SolverState":
+    """The state with the model's unmarked leaves at the unmarked group's values
+    (so that `eb.unwrap(state.model)` is current). Done once per compiled call,
+    not per step: inside a loop the group's values are the ones every step reads."""
+    if state.unmarked is None:
+        return state
+    parts = Parts(state.model, state.unmarked)
+    leaves = list(parts.leaves)
+    for i, x in zip(parts.rest, state.unmarked.current()):
+        leaves[i] = x
+    model = jax.tree.unflatten(parts.treedef, leaves)
+    return eqx.tree_at(lambda s: s.model, state, model)
 
 
 def chain_positions(groups, exclude: int | None = None) -> dict[int, ArrayTree]:
@@ -239,7 +250,8 @@ def transition(
                 loss=loss,
                 full=full,
                 mini=mini,
-                key=jr.fold_in(key, j) if len(groups) > 1 else key,
+                # (The unmarked-leaves group draws no randomness.)
+                key=jr.fold_in(key, j) if len(parts.index) > 1 else key,
                 step=state.step,
                 mode=mode,
                 start=None,
@@ -324,13 +336,15 @@ def init_program(program: Program, state: SolverState, full, mini):
         )
         new.append(group.init(ctx))
     model, unmarked = parts.rebuild(new)
-    return strong((model, unmarked)), chain_losses(program.loss, model, unmarked, full)
+    out = sync(SolverState(model, state.step, state.key, unmarked))
+    losses = chain_losses(program.loss, out.model, out.unmarked, full)
+    return strong((out.model, out.unmarked)), losses
 
 
 @eqx.filter_jit
 def step_program(program: Program, state: SolverState, args, data, batch):
     """One solver step (`Solver.step`)."""
-    return strong(transition(program, state, args, data, batch, Mode.GENERAL))
+    return strong(sync(transition(program, state, args, data, batch, Mode.GENERAL)))
 
 
 @eqx.filter_jit
@@ -358,5 +372,6 @@ def chunk_program(
         state = _fori(num_steps - num_warmup, body(Mode.DRAWS), state)
     else:
         state = _fori(num_steps, body(Mode.GENERAL), state)
+    state = sync(state)
     full, _ = loss_args(args, data, None)
     return state, records(program.loss, state, full)

@@ -523,12 +523,14 @@ class Solver(eqx.Module):
         groups = parts.groups
         full, _ = loss_args(args, data, None)
 
+        positions = chain_positions(groups)
+
         def ctx(j: int) -> Context:
             return context(
                 parts,
                 groups,
                 j,
-                chain_positions(groups, exclude=j),
+                {l: p for l, p in positions.items() if l != j},
                 loss=self.loss,
                 full=full,
                 mini=full,
