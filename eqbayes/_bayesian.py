@@ -1,7 +1,6 @@
 """MCMC groups: `eb.bayesian` and the `BayesianLeaf` it puts in the model."""
 
 import dataclasses
-import functools
 import logging
 import math
 from collections.abc import Callable
@@ -65,28 +64,6 @@ _SAME_START = (
     "different starts. Pass e.g. `init_jitter=0.1` to `eb.bayesian(...)` (or an "
     "initializer such as `init=eb.initializers.pathfinder()`)."
 )
-_VALUE_START = (
-    "`eb.bayesian(...)` for group '{name}': the model's values of the group hold a "
-    "NaN or an infinity, and every chain would start there. Set finite starting "
-    "values in the model before marking it."
-)
-_PRIOR_START = (
-    "`eb.bayesian(..., prior=...)` for group '{name}': the prior's log density at "
-    "the model's values is {value}, so every chain would start where the posterior "
-    "is zero (or undefined). Start the model inside the prior's support, or fix "
-    "the prior."
-)
-
-
-@functools.lru_cache(maxsize=64)
-def _at_start(prior: Callable[[ArrayTree], Any]) -> Callable:
-    """`position -> (every value finite, log prior)`, compiled once per prior."""
-
-    def at_start(position):
-        finite = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(position)]
-        return jnp.all(jnp.stack(finite)), prior(position)
-
-    return jax.jit(at_start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,15 +227,6 @@ class BayesianLeaf(AbstractChainGroup):
             raise ValueError(_SUBSTEP_INIT.format(name=self.name))
         if solve.substeps and config.adapts:
             raise ValueError(_SUBSTEP_ADAPT.format(name=self.name))
-        finite, log_prior = _at_start(config.prior)(self.initial_position())
-        # (Under `jax.eval_shape` of `Solver.init` there is no value to check.)
-        if not isinstance(finite, jax.core.Tracer):
-            if not bool(finite):
-                raise ValueError(_VALUE_START.format(name=self.name))
-            if not math.isfinite(float(log_prior)):
-                raise ValueError(
-                    _PRIOR_START.format(name=self.name, value=float(log_prior))
-                )
         if config.adapts and solve.trains:
             logger.warning(_ADAPT_MIXED.format(name=self.name))
         if config.num_chains > 1 and config.init_jitter == 0 and config.init is None:

@@ -309,8 +309,9 @@ def _fori(num, body, state):
 
 @eqx.filter_jit
 def init_program(program: Program, state: SolverState, full, mini):
-    """Every group initialised (`state.step` is 0; `state.key` the init key), and
-    the loss at every chain's start."""
+    """Every group initialised (`state.step` is 0; `state.key` the init key), the
+    loss at every chain's start, and whether each group's starting values are
+    finite."""
     parts = Parts(state.model, state.unmarked)
     groups = parts.groups
     keys = [group_keys(state.key, j) for j in range(len(groups))]
@@ -338,7 +339,18 @@ def init_program(program: Program, state: SolverState, full, mini):
     model, unmarked = parts.rebuild(new)
     out = sync(SolverState(model, state.step, state.key, unmarked))
     losses = chain_losses(program.loss, out.model, out.unmarked, full)
-    return strong((out.model, out.unmarked)), losses
+    finite = {g.name: _all_finite(_start_values(g)) for g in new}
+    return strong((out.model, out.unmarked)), (losses, finite)
+
+
+def _start_values(group: AbstractGroup) -> ArrayTree:
+    if isinstance(group, AbstractChainGroup):
+        return group.positions()
+    return group.initial_position()
+
+
+def _all_finite(tree: ArrayTree) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 @eqx.filter_jit

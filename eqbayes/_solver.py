@@ -92,6 +92,12 @@ _NON_FINITE_START = (
     "infinities, or start elsewhere (`init_jitter=`, an initializer, other values "
     "in the model)."
 )
+_NON_FINITE_VALUES = (
+    "`Solver.init(model, ...)`: the starting values of group(s) {names} hold a NaN "
+    "or an infinity (in the model's values, or after `init_jitter` or an "
+    "initializer), and every chain would start there. Set finite values in the "
+    "model before marking it."
+)
 _KEY = (
     "`Solver.{fn}(..., key=...)`: `key` must be a JAX PRNG key such as "
     "`jax.random.key(0)` (or a legacy `jax.random.PRNGKey(0)`); got {what}."
@@ -391,9 +397,9 @@ class Solver(eqx.Module):
             full, mini = loss_args(args, data, first)
         start = SolverState(model, jnp.asarray(0, jnp.int32), init_key, unmarked)
         with _sharding.using(mesh):
-            (model, unmarked), losses = init_program(self._program, start, full, mini)
-        if not isinstance(losses, jax.core.Tracer):  # (under `jax.eval_shape`)
-            _check_start(losses)
+            (model, unmarked), report = init_program(self._program, start, full, mini)
+        if not isinstance(report[0], jax.core.Tracer):  # (under `jax.eval_shape`)
+            _check_start(*report)
         data_order = None
         if batch_size is not None:
             data_order = jnp.zeros(jax.tree.leaves(data)[0].shape[0], jnp.int32)
@@ -782,8 +788,12 @@ def _check_loss(loss, model, args):
         raise ValueError(_LOSS_SHAPE.format(what=what))
 
 
-def _check_start(losses: jax.Array) -> None:
-    """A clear error when the loss is not finite at some chain's start."""
+def _check_start(losses: jax.Array, finite: dict[str, jax.Array]) -> None:
+    """A clear error when a group starts at non-finite values, or the loss is not
+    finite at some chain's start."""
+    bad_groups = [name for name, ok in finite.items() if not bool(ok)]
+    if bad_groups:
+        raise ValueError(_NON_FINITE_VALUES.format(names=bad_groups))
     if not losses.is_fully_addressable:  # chains on other processes too
         losses = multihost_utils.process_allgather(losses, tiled=True)
     losses = np.asarray(losses)
