@@ -623,27 +623,7 @@ class Solver(eqx.Module):
             raise ValueError(_NO_GROUPS)
         done = 0 if state is None else int(state.step)
         chain_groups = [g for g in groups if isinstance(g, AbstractChainGroup)]
-        schedules = {g.schedule for g in chain_groups}
-        needed = max((w + k * t for w, k, t in schedules), default=0)
-        if steps is None:
-            if not schedules:
-                raise ValueError(_NEED_STEPS)
-            steps = max(needed - done, 0)
-        elif not is_count(steps):
-            raise ValueError(_STEPS_TYPE.format(steps=steps))
-        for g in chain_groups:
-            warmup, keep, thin = g.schedule
-            if done + steps < warmup + keep * thin:
-                raise ValueError(
-                    _STEPS.format(
-                        steps=steps,
-                        name=g.name,
-                        need=warmup + keep * thin - done,
-                        warmup=warmup,
-                        keep=keep,
-                        thin=thin,
-                    )
-                )
+        steps, needed = _steps(chain_groups, steps, done)
         if checkpoint_every is not None and (
             checkpoint is None or not is_count(checkpoint_every)
         ):
@@ -669,6 +649,7 @@ class Solver(eqx.Module):
             callbacks.insert(0, ProgressBar())
         if checkpoint is not None:
             callbacks.append(Checkpoint(checkpoint, every=checkpoint_every))
+        schedules = {g.schedule for g in chain_groups}
         fast = len(schedules) == 1 and done == 0 and steps == needed
         state, history = _run.drive(
             self._program,
@@ -710,6 +691,34 @@ def _as_key(key: Any, fn: str) -> PRNGKeyArray:
     raise TypeError(
         _KEY.format(fn=fn, what=f"an object of type `{type(key).__name__}`")
     )
+
+
+def _steps(chain_groups, steps, done: int) -> tuple[int, int]:
+    """`(steps to run, steps the longest schedule needs)`: `steps=None` runs to the
+    end of the longest schedule; a solve that ends before a group's schedule does
+    is an error."""
+    schedules = {g.schedule for g in chain_groups}
+    needed = max((w + k * t for w, k, t in schedules), default=0)
+    if steps is None:
+        if not schedules:
+            raise ValueError(_NEED_STEPS)
+        steps = max(needed - done, 0)
+    elif not is_count(steps):
+        raise ValueError(_STEPS_TYPE.format(steps=steps))
+    for g in chain_groups:
+        warmup, keep, thin = g.schedule
+        if done + steps < warmup + keep * thin:
+            raise ValueError(
+                _STEPS.format(
+                    steps=steps,
+                    name=g.name,
+                    need=warmup + keep * thin - done,
+                    warmup=warmup,
+                    keep=keep,
+                    thin=thin,
+                )
+            )
+    return steps, needed
 
 
 def _signature(model: PyTree):
