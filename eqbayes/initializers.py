@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 
+from ._checks import count
 from ._custom_types import Array, ArrayTree, Float, PRNGKeyArray
 
 
@@ -183,17 +184,13 @@ _OPTIMIZER = (
 
 
 def _int(value, fn, arg, minimum=1) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < minimum
-    ):
-        raise ValueError(
-            _POSITIVE_INT.format(
-                fn=fn, arg=arg, value=value, minimum=minimum, type=type(value).__name__
-            )
-        )
-    return int(value)
+    return count(
+        value,
+        _POSITIVE_INT.format(
+            fn=fn, arg=arg, value=value, minimum=minimum, type=type(value).__name__
+        ),
+        minimum,
+    )
 
 
 def _float(value, fn, arg) -> float:
