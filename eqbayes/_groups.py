@@ -73,6 +73,13 @@ class Context:
     - `refresh`: whether another part of the model may have moved since this
         group's last step (a kernel that caches its log density must then
         recompute it).
+    - `full_args`: the arguments the loss takes after the model, with all the
+        data: `(data, *args)` for a solve with `data=`, else `args`.
+    - `batch_args`: the same with this step's minibatch in place of `data` (equal
+        to `full_args` without a `batch_size`).
+
+    The remaining fields (`plain`, `loss`) are what `model_fn` and `loss_fn` are
+    built from.
     """
 
     key: PRNGKeyArray | None
@@ -260,6 +267,23 @@ class AbstractGroup(eqx.Module):
     groups at its own position, subclasses [`eqbayes.AbstractChainGroup`][];
     any other group has one value, `current()`, which every chain sees.
 
+    Besides the methods, a group declares (as fields, properties or class
+    variables):
+
+    - `value`: the sub-tree as marked (what `make` of [`eqbayes.mark`][] is given);
+    - `name`: the group's name, static;
+    - `state`: its solver state, None until `init`;
+    - `minibatched`: whether it takes minibatches when the solve has a
+        `batch_size` (its `loss_fn(..., minibatch=True)`); a solve with a
+        `batch_size` needs at least one group that does;
+    - `marked_with`: a class variable naming the call that makes the group, as
+        error messages quote it (`"eb.bayesian"`, or your marking function).
+
+    The group's *position* is `initial_position()`: the floating-point array
+    leaves of `value`, with `None` at every other leaf. With `mask=` (or a
+    `where=` that selects a sub-module) that is a pytree, not one array: write
+    `start`, `step` and the position's updates with `jax.tree.map`.
+
     Subclasses are final: implement every abstract member, override nothing else.
     See [Writing your own group](../tutorials/custom_groups.py).
     """
@@ -312,8 +336,10 @@ class AbstractGroup(eqx.Module):
 
     @abc.abstractmethod
     def monitor(self) -> dict[str, Float[Array, ""]]:
-        """Scalars recorded at the end of every compiled chunk (`result.history`,
-        callbacks), e.g. `{"neg_elbo": ...}`; `{}` for none."""
+        """Scalars recorded at the end of every compiled chunk, e.g.
+        `{"neg_elbo": ...}`; `{}` for none. They are `result.history.monitor[name]`
+        (one value per chunk), a callback's `record.monitor[name]`, and logged by
+        [`eqbayes.callbacks.WandbLogger`][] as `<key>/<name>`."""
 
     @abc.abstractmethod
     def result(self, ctx: Context) -> GroupResult:

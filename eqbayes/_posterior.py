@@ -40,10 +40,16 @@ class History(eqx.Module):
         `(n_chunks,)`.
     - `neg_elbo`: `{group name: (n_chunks,)}` negative ELBO of variational groups
         (empty when there are none).
+    - `monitor`: `{group name: {name: (n_chunks,)}}`, every scalar a group
+        monitors (see [`eqbayes.AbstractGroup.monitor`][]), the negative ELBO of
+        variational groups included.
     """
 
     loss: Float[Array, " chunks"]
     neg_elbo: dict[str, Float[Array, " chunks"]]
+    monitor: dict[str, dict[str, Float[Array, " chunks"]]] = eqx.field(
+        default_factory=dict
+    )
 
 
 @eqx.filter_jit

@@ -54,7 +54,7 @@ def drive(
         records.append(record)
         if callbacks:
             loss, monitors = record
-            chunk = chunk_record(state, loss, n, done + steps, _neg_elbo(monitors))
+            chunk = chunk_record(state, loss, n, done + steps, monitors)
             for callback in callbacks:
                 callback(chunk)
 
@@ -88,23 +88,21 @@ def drive(
     return state, history(records)
 
 
-def _neg_elbo(monitors: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {name: m["neg_elbo"] for name, m in monitors.items() if "neg_elbo" in m}
-
-
 def history(records: list) -> History:
-    """The per-chunk `(loss, {name: monitors})` records as a `History`."""
+    """The per-chunk `(loss, {group name: {name: value}})` records as a
+    `History`."""
     if not records:
         return History(jnp.zeros((0,)), {})
     losses, monitors = zip(*records)
-    neg_elbos = [_neg_elbo(m) for m in monitors]
-    return History(
-        jnp.asarray(np.stack(losses)),
-        {
-            name: jnp.asarray(np.stack([r[name] for r in neg_elbos]))
-            for name in neg_elbos[0]
-        },
-    )
+    monitor = {
+        name: {
+            key: jnp.asarray(np.stack([m[name][key] for m in monitors]))
+            for key in scalars
+        }
+        for name, scalars in monitors[0].items()
+    }
+    neg_elbo = {n: m["neg_elbo"] for n, m in monitor.items() if "neg_elbo" in m}
+    return History(jnp.asarray(np.stack(losses)), neg_elbo, monitor)
 
 
 @contextlib.contextmanager

@@ -60,9 +60,9 @@ _NO_GROUPS = (
     "`eb.bayesian(model, blackjax.nuts, where=...)`."
 )
 _CHAINS = (
-    "`Solver.init(model, ...)`: every Bayesian group of one solve must run the same "
-    "number of chains, but {detail}. Pass the same `num_chains=` to every "
-    "`eb.bayesian(...)` call."
+    "`Solver.init(model, ...)`: every group with chains in one solve must run the "
+    "same number of chains, but {detail}. Pass the same `num_chains=` to every "
+    "call that marks one (`eb.bayesian(...)`, or your own group's)."
 )
 _NOTHING_TO_OPTIMISE = (
     "`Solver(loss, optimizer=...)`: every floating-point leaf of the model belongs "

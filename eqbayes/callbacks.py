@@ -97,6 +97,8 @@ class ChunkRecord(eqx.Module):
         there are none).
     - `state`: the [`eqbayes.SolverState`][] at the end of the chunk (e.g. to save
         it, as [`eqbayes.callbacks.Checkpoint`][] does).
+    - `monitor`: `{group name: {name: value}}`, what each group monitors (see
+        [`eqbayes.AbstractGroup.monitor`][]; a variational group's `neg_elbo`).
     """
 
     step: int
@@ -105,6 +107,7 @@ class ChunkRecord(eqx.Module):
     loss: float
     neg_elbo: dict[str, float]
     state: PyTree
+    monitor: dict[str, dict[str, float]] = eqx.field(default_factory=dict)
 
     @functools.cached_property
     def groups(self) -> dict[str, GroupRecord]:
@@ -116,12 +119,14 @@ class ChunkRecord(eqx.Module):
 
     def metrics(self) -> dict[str, float | int]:
         """The record as flat, named numbers, as logged by
-        [`eqbayes.callbacks.WandbLogger`][]: `step`, `loss`, `neg_elbo/<name>`,
+        [`eqbayes.callbacks.WandbLogger`][]: `step`, `loss`, `<key>/<name>` for
+        every scalar a group monitors (`neg_elbo/<name>` for variational groups),
         and `posterior/<name>/<statistic>` for every statistic of every group that
         is not `None`."""
         out: dict[str, float | int] = {"step": self.step, "loss": self.loss}
-        for name, value in self.neg_elbo.items():
-            out[f"neg_elbo/{name}"] = value
+        for name, scalars in self.monitor.items():
+            for key, value in scalars.items():
+                out[f"{key}/{name}"] = value
         for name, group in self.groups.items():
             for field in (
                 "n_samples",
@@ -195,16 +200,22 @@ def chunk_record(
     loss: Any,
     steps: int,
     end: int,
-    neg_elbo: dict[str, Any] | None = None,
+    monitor: dict[str, dict[str, Any]] | None = None,
 ) -> ChunkRecord:
-    """The record of a chunk that ended at `state` (called by `Solver.run`)."""
+    """The record of a chunk that ended at `state` (called by `Solver.run`), with
+    `{group name: {name: value}}` of what the groups monitor."""
+    monitor = {
+        name: {k: float(v) for k, v in scalars.items()}
+        for name, scalars in (monitor or {}).items()
+    }
     return ChunkRecord(
         step=int(state.step),
         steps=steps,
         end=end,
         loss=float(loss),
-        neg_elbo={k: float(v) for k, v in (neg_elbo or {}).items()},
+        neg_elbo={n: m["neg_elbo"] for n, m in monitor.items() if "neg_elbo" in m},
         state=state,
+        monitor=monitor,
     )
 
 
@@ -289,7 +300,8 @@ class WandbLogger(AbstractCallback):
     """Logs each chunk's [`metrics`][eqbayes.callbacks.ChunkRecord.metrics] to
     Weights & Biases.
 
-    Per chunk: `loss`, `step`, `neg_elbo/<name>` for variational groups, and per
+    Per chunk: `loss`, `step`, `<key>/<name>` for what each group monitors
+    (`neg_elbo/<name>` for variational groups), and per
     group `posterior/<name>/n_samples`, `n_chains`, `mean` (groups sampling one
     scalar), `n_is_divergent`, `mean_acceptance_rate` and `mean_energy` (where the
     kernel records them). Needs `pip install 'eqbayes[wandb]'`.

@@ -5,7 +5,7 @@ posterior of (a, b), not just a best fit. The model is an ordinary Equinox modul
 loss is a plain mean squared error; `eb.bayesian` marks the model as sampled and
 `eb.Solver` runs four NUTS chains.
 
-Run it with `python examples/quickstart.py` (12 to 18 s on a 2-core CPU, nearly all
+Run it with `python examples/quickstart.py` (10 to 20 s on a 2-core CPU, nearly all
 of it compilation: a second solve in the same process takes about a second). It
 prints a summary and writes `quickstart.png` (data, posterior mean and 90% predictive
 band) and `quickstart_trace.png` (trace and rank plots of the chains) to the current

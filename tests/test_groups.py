@@ -139,6 +139,13 @@ def test_vi_chunk_records_report_its_draws():
     np.testing.assert_allclose(
         last["b"].mean, float(jnp.mean(result.posterior.samples.b)), rtol=1e-5
     )
+    # What the groups monitor reaches the records, the history and the metrics.
+    assert records[-1].monitor == {"b": {"neg_elbo": records[-1].neg_elbo["b"]}}
+    assert records[-1].metrics()["neg_elbo/b"] == records[-1].neg_elbo["b"]
+    history = result.history
+    assert list(history.monitor) == ["b"]
+    assert np.array_equal(history.monitor["b"]["neg_elbo"], history.neg_elbo["b"])
+    assert history.neg_elbo["b"].shape == (len(records),)
 
 
 def test_tracer_error_keeps_jax_message():

@@ -49,13 +49,19 @@
 # `positions()` and `chain_axes()` (which parts of the state have the chain axis
 # first, for sharding), and implements `current()` for you (chain 0).
 #
+# Besides the methods, a group declares `value` (the sub-tree as marked), `name`,
+# `state` (None until `init`), `minibatched` (whether it takes minibatches when the
+# solve has a `batch_size`) and the class variable `marked_with` (how error
+# messages name the call that makes it).
+#
 # The `eb.Context` handed to `init`, `step` and `result` is the rest of the model:
 # `ctx.model_fn(others_k)(position)` is the plain model with this group at
 # `position` and every other chain group at chain k (`others_k`, one chain's slice
-# of `ctx.others`); `ctx.loss_fn(...)` is the user's loss on it; `ctx.over_chains`
-# maps a function over the K chains; `ctx.key`, `ctx.step` and `ctx.mode` say which
-# step this is. `eb.Draws` keeps the last `keep` draws of K chains on the group's
-# schedule.
+# of `ctx.others`); `ctx.loss_fn(...)` is the user's loss on it, and
+# `ctx.full_args` the arguments the loss takes after the model (`(data, *args)`
+# with `data=`); `ctx.over_chains` maps a function over the K chains; `ctx.key`,
+# `ctx.step` and `ctx.mode` say which step this is. `eb.Draws` keeps the last
+# `keep` draws of K chains on the group's schedule.
 #
 # ## The model
 #
@@ -80,7 +86,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 import eqbayes as eb
 
@@ -113,21 +119,23 @@ def loss(model, x, y):
 # ## The group
 #
 # The group holds a user function `draw(key, model, *args)` that returns a new
-# value of its sub-tree drawn from its conditional. Its state is the K chains'
-# positions and their kept draws. Everything the `Solver` needs is below; nothing
-# else is overridden.
+# value of its *position* drawn from its conditional. The position is the
+# group's floating-point leaves (`initial_position()`): here one array, but a
+# pytree when the group is a sub-module or is marked with `mask=`, so the code
+# below maps over its leaves. Its state is the K chains' positions and their kept
+# draws. Everything the `Solver` needs is below; nothing else is overridden.
 
 
 # %%
 class GibbsState(eqx.Module):
-    position: Float[Array, "chain ..."]
+    position: PyTree[Float[Array, "chain ..."]]
     draws: eb.Draws
 
 
 class Gibbs(eb.AbstractChainGroup):
     """A sub-tree drawn exactly from its conditional given the rest of the model."""
 
-    value: Array
+    value: PyTree
     draw: Callable = eqx.field(static=True)
     name: str = eqx.field(static=True)
     num_chains: int = eqx.field(static=True)
@@ -144,8 +152,10 @@ class Gibbs(eb.AbstractChainGroup):
 
     def start(self, key: PRNGKeyArray):
         del key  # every chain starts at the model's value
-        position = self.initial_position()
-        return jnp.broadcast_to(position, (self.num_chains, *position.shape))
+        return jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (self.num_chains, *x.shape)),
+            self.initial_position(),
+        )
 
     def positions(self):
         return self.state.position
@@ -188,13 +198,16 @@ class Gibbs(eb.AbstractChainGroup):
         return f"Group '{self.name}': exact Gibbs draws, K={self.num_chains} chain(s)"
 
 
-def gibbs(model, draw, *, where, num_chains=1, warmup=0, keep=1000, name=None):
-    """Marks `where` to be drawn by `draw(key, model, *args)` at every step."""
+def gibbs(
+    model, draw, *, where=None, mask=None, num_chains=1, warmup=0, keep=1000, name=None
+):
+    """Marks `where` (and `mask`) to be drawn by `draw(key, model, *args)` at every
+    step."""
 
     def make(subtree, group_name):
         return Gibbs(subtree, draw, group_name, num_chains, warmup, keep)
 
-    return eb.mark(model, make, where=where, name=name, call="gibbs")
+    return eb.mark(model, make, where=where, mask=mask, name=name, call="gibbs")
 
 
 # %% [markdown]
@@ -259,10 +272,10 @@ for field in ("w", "tau"):
     draws = np.asarray(getattr(samples, field))
     mean, sd = draws.mean(axis=(0, 1)), draws.std(axis=(0, 1))
     z = (mean - exact[field][0]) / (sd / np.sqrt(np.asarray(eb.ess(draws))))
-    truth_mean, truth_sd = (np.round(v, 4) for v in exact[field])
+    show = lambda v: np.array2string(np.asarray(v), precision=4)  # noqa: E731
     print(
-        f"{field}: mean {np.round(mean, 4)} (exact {truth_mean}), "
-        f"sd {np.round(sd, 4)} (exact {truth_sd}), z-score {np.round(z, 2)}"
+        f"{field}: mean {show(mean)} (exact {show(exact[field][0])}), "
+        f"sd {show(sd)} (exact {show(exact[field][1])}), z-score {show(z)}"
     )
 
 # %% [markdown]
@@ -281,6 +294,12 @@ for field in ("w", "tau"):
 # - **Traced code.** `init` and `step` run inside the compiled program: use
 #   `jax.numpy`, `lax.cond`, and `ctx.key` for randomness; never Python `if` on an
 #   array value.
+# - **Positions are pytrees.** With `mask=` (several groups sharing one sub-tree,
+#   e.g. NUTS on the coefficients `w` and `b` and this group on `tau` of one
+#   module: `eb.bayesian(model, blackjax.nuts, mask=...)`, then
+#   `eb.mark(model, make, mask=...)` with the complementary mask) the position is
+#   the module with `None` outside the mask: write `start`, `draw` and priors with
+#   `jax.tree.map`, or read the leaf you need (`position.tau`).
 # - **Chains.** A chain group keeps everything per chain on a leading axis of size
 #   `num_chains` and says so in `chain_axes`; a group without chains (a point
 #   estimate, a fitted distribution) has one value that every chain sees: subclass
