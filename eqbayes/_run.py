@@ -4,6 +4,7 @@ host between them (records, callbacks, checkpoints, the log)."""
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,13 +30,16 @@ def drive(
     warmup: int | None,
     every: int | None,
     callbacks: list,
+    check: Callable[[], None] | None = None,
 ) -> tuple[SolverState, History]:
     """Runs `steps` solver steps from `state` in compiled chunks.
 
     `warmup` is the warmup of the fast path (every chain group on one schedule, a
     fresh solve of exactly its length), None for the general path. `every` fixes
     the chunk length; None times chunks when somebody watches (`callbacks`), and
-    runs the whole solve in one chunk otherwise.
+    runs the whole solve in one chunk otherwise. `check` runs once the first chunk
+    is dispatched (the start's check: its figures are ready by then, so it waits
+    for nothing).
     """
     fast = warmup is not None
     done = int(state.step)
@@ -80,6 +84,8 @@ def drive(
             state, record = chunk_program(
                 program, state, args, data, jnp.asarray(n_warm), jnp.asarray(n), fast
             )
+            if check is not None and at == 0:
+                check()
             at += n
             if sizes.timed:
                 jax.block_until_ready(record)

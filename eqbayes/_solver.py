@@ -357,6 +357,15 @@ class Solver(eqx.Module):
 
         A [`eqbayes.SolverState`][] at step 0 (placed on `mesh` when given).
         """
+        state, report = self._start(
+            model, key=key, args=args, data=data, batch_size=batch_size, mesh=mesh
+        )
+        _check_start(*report)
+        return state
+
+    def _start(self, model, *, key, args, data, batch_size, mesh):
+        """`init` without the check of the start (`run` checks it once its first
+        chunk is on its way): the state, and what `_check_start` takes."""
         key = _as_key(key, "init")
         groups = _groups(model)
         check_fresh(groups)
@@ -398,8 +407,6 @@ class Solver(eqx.Module):
         start = SolverState(model, jnp.asarray(0, jnp.int32), init_key, unmarked)
         with _sharding.using(mesh):
             (model, unmarked), report = init_program(self._program, start, full, mini)
-        if not isinstance(report[0], jax.core.Tracer):  # (under `jax.eval_shape`)
-            _check_start(*report)
         data_order = None
         if batch_size is not None:
             data_order = jnp.zeros(jax.tree.leaves(data)[0].shape[0], jnp.int32)
@@ -412,7 +419,7 @@ class Solver(eqx.Module):
             batch_size,
         )
         self._log_init(state, data, batch_size)
-        return state if mesh is None else _place_state(state, mesh)
+        return (state if mesh is None else _place_state(state, mesh)), report
 
     def _check_substeps(self, groups):
         if not self.substeps:
@@ -628,9 +635,10 @@ class Solver(eqx.Module):
             checkpoint is None or not is_count(checkpoint_every)
         ):
             raise ValueError(_CHECKPOINT_EVERY.format(value=checkpoint_every))
+        report = None
         if state is None:
             assert key is not None
-            state = self.init(
+            state, report = self._start(
                 model, key=key, args=args, data=data, batch_size=batch_size, mesh=mesh
             )
         elif state.batch_size is not None and data is None:
@@ -660,6 +668,7 @@ class Solver(eqx.Module):
             warmup=next(iter(schedules))[0] if fast else None,
             every=self.print_every or checkpoint_every,
             callbacks=callbacks,
+            check=None if report is None else lambda: _check_start(*report),
         )
         result = self.result(state, history, args=args, data=data)
         if logger.isEnabledFor(logging.INFO):
@@ -800,6 +809,8 @@ def _check_loss(loss, model, args):
 def _check_start(losses: jax.Array, finite: dict[str, jax.Array]) -> None:
     """A clear error when a group starts at non-finite values, or the loss is not
     finite at some chain's start."""
+    if isinstance(losses, jax.core.Tracer):  # (`Solver.init` under `jax.eval_shape`)
+        return
     bad_groups = [name for name, ok in finite.items() if not bool(ok)]
     if bad_groups:
         raise ValueError(_NON_FINITE_VALUES.format(names=bad_groups))

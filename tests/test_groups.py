@@ -166,6 +166,8 @@ def test_non_finite_start_is_an_error():
     model = eb.bayesian(MODEL, blackjax.nuts, num_chains=2, init_jitter=0.1)
     with pytest.raises(ValueError, match=re.escape("(nan) for chain(s) [0, 1]")):
         eb.Solver(mse, progress=False).init(model, key=jr.key(0), args=bad_data)
+    with pytest.raises(ValueError, match=re.escape("(nan) for chain(s) [0, 1]")):
+        eb.Solver(mse, progress=False).run(model, key=jr.key(0), args=bad_data)
 
     bad = Coefficients(jnp.array(jnp.nan), jnp.array(-2.5))
     model = eb.bayesian(bad, blackjax.nuts, num_chains=2, init_jitter=0.1)
