@@ -8,6 +8,7 @@ file in a Python 3.12 environment with ArviZ 1.x).
 
 import math
 import re
+import warnings
 
 import arviz as az
 import blackjax
@@ -271,3 +272,101 @@ def test_bad_input(line):
     empty = eb.Posterior(Line(None, None), {}, Line(jnp.zeros(()), jnp.zeros(())))
     with pytest.raises(ValueError, match=re.escape("no sampled groups")):
         empty.log_likelihood(_log_lik, (x, y))
+
+
+class Logistic(eqx.Module):
+    w: jax.Array
+    b: jax.Array
+
+    def __call__(self, x):
+        return x @ self.w + self.b
+
+
+#: Features of the breast-cancer data used (5 of 30: the first five).
+FEATURES = 5
+PRIOR_SD = 2.5
+
+
+def _breast_cancer():
+    datasets = pytest.importorskip("sklearn.datasets")
+    data = datasets.load_breast_cancer()
+    x = data.data[:, :FEATURES]
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    return jnp.asarray(x, jnp.float32), jnp.asarray(data.target, jnp.float32)
+
+
+def _bernoulli_log_lik(model, row):
+    x, y = row
+    logit = model(x)
+    return y * jax.nn.log_sigmoid(logit) + (1 - y) * jax.nn.log_sigmoid(-logit)
+
+
+def _neg_log_lik(model, x, y):
+    return -jnp.sum(jax.vmap(lambda xi, yi: _bernoulli_log_lik(model, (xi, yi)))(x, y))
+
+
+def _loo_summary(idata):
+    with warnings.catch_warnings():
+        # ArviZ warns about high Pareto k: counting those is the point here.
+        warnings.simplefilter("ignore", UserWarning)
+        loo = az.loo(idata)
+    k = np.asarray(loo.pareto_k)
+    return _elpd(loo), int(np.sum(k > 1.0))
+
+
+@pytest.mark.slow
+def test_loo_matches_numpyro():
+    """PSIS-LOO of a logistic regression on scikit-learn's breast-cancer data:
+    eqbayes's export and NumPyro's (same priors, same likelihood) agree within 1
+    elpd and on the number of observations with Pareto k > 1 (ArviZ's "very
+    bad"), to one.
+
+    The count above 0.7 is no reproducible figure here: several observations
+    sit near 0.7, and four NumPyro runs of 4000 draws each gave 10, 4, 4 and 3
+    (eqbayes: 5, 6, 5, 8). Above 1: NumPyro 2, 3, 2; eqbayes 3, 2, 3."""
+    numpyro = pytest.importorskip("numpyro")
+    dist = pytest.importorskip("numpyro.distributions")
+    x, y = _breast_cancer()
+
+    model = eb.bayesian(
+        Logistic(jnp.zeros(FEATURES), jnp.zeros(())),
+        blackjax.nuts,
+        warmup=500,
+        keep=1000,
+        num_chains=4,
+        init_jitter=0.1,
+        prior=eb.priors.gaussian(PRIOR_SD),
+    )
+    result = eb.Solver(_neg_log_lik, progress=False).run(
+        model, key=jr.key(0), args=(x, y)
+    )
+    ours = _loo_summary(result.posterior.to_arviz(_bernoulli_log_lik, (x, y)))
+
+    def numpyro_model(x, y):
+        w = numpyro.sample("w", dist.Normal(0.0, PRIOR_SD).expand([FEATURES]))
+        b = numpyro.sample("b", dist.Normal(0.0, PRIOR_SD))
+        numpyro.sample("obs", dist.Bernoulli(logits=x @ w + b), obs=y)
+
+    mcmc = numpyro.infer.MCMC(
+        numpyro.infer.NUTS(numpyro_model),
+        num_warmup=500,
+        num_samples=1000,
+        num_chains=4,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    with jax.numpy_dtype_promotion("standard"):  # NumPyro mixes bool and float
+        mcmc.run(jr.key(1), x, y)
+        draws = mcmc.get_samples(group_by_chain=True)
+        ll = numpyro.infer.log_likelihood(numpyro_model, draws, x, y, batch_ndims=2)
+    # Float64, as eqbayes hands ArviZ (NumPyro's float32 can give `nan`).
+    groups = {
+        "posterior": {k: np.asarray(v, np.float64) for k, v in draws.items()},
+        "log_likelihood": {"obs": np.asarray(ll["obs"], np.float64)},
+    }
+    reference = _loo_summary(
+        az.from_dict(groups) if ARVIZ_1 else az.from_dict(**groups)
+    )
+    assert abs(ours[0] - reference[0]) < 1.0, (ours, reference)
+    assert abs(ours[1] - reference[1]) <= 1, (ours, reference)
+    assert math.isfinite(ours[0])
