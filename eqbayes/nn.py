@@ -34,7 +34,7 @@ _COMPLEX = (
     "cannot be adapted: LoRA layers hold real floating-point weights."
 )
 _NO_ADAPTERS = (
-    "`eqbayes.nn.adapters(model)`: the model holds no LoRA layer, so there is no "
+    "`eqbayes.nn.{fn}(model)`: the model holds no LoRA layer, so there is no "
     "adapter to select. Make them first with `eqbayes.nn.lora(model, rank, key=key)`."
 )
 
@@ -241,8 +241,32 @@ def adapters(model: PyTree) -> tuple[Any, ...]:
     """
     layers = _lora_layers(model)
     if not layers:
-        raise ValueError(_NO_ADAPTERS)
+        raise ValueError(_NO_ADAPTERS.format(fn="adapters"))
     return tuple(x for layer in layers for x in (layer.A, layer.B))
+
+
+def adapters_b(model: PyTree) -> tuple[Any, ...]:
+    """The `B` factor of every adapter, in the model's order: a `where=` that
+    leaves each `A` at its random start.
+
+    With both factors free, `(A, B)` and `(c A, B / c)` give the same network, so
+    a posterior over both has ridges and mirror-image copies that MCMC explores
+    badly. Holding `A` fixed at its random projection (as LoRA-FA does) leaves a
+    posterior over `B` alone, with the same number of stored values per draw as
+    outputs times rank, that samplers handle well.
+
+    **Arguments:**
+
+    - `model`: a model made by [`eqbayes.nn.lora`][].
+
+    **Returns:**
+
+    A tuple of the adapters' `B` arrays.
+    """
+    layers = _lora_layers(model)
+    if not layers:
+        raise ValueError(_NO_ADAPTERS.format(fn="adapters_b"))
+    return tuple(layer.B for layer in layers)
 
 
 def merge(model: PyTree) -> PyTree:
@@ -265,4 +289,4 @@ def merge(model: PyTree) -> PyTree:
     )
 
 
-__all__ = ["LoRALinear", "adapters", "lora", "merge"]
+__all__ = ["LoRALinear", "adapters", "adapters_b", "lora", "merge"]

@@ -194,5 +194,18 @@ def test_bad_input():
         eqbayes.nn.lora(model, 0, key=jr.key(0))
     with pytest.raises(ValueError, match=re.escape("holds no `eqx.nn.Linear`")):
         eqbayes.nn.lora({"w": jnp.zeros(3)}, 2, key=jr.key(0))
-    with pytest.raises(ValueError, match=re.escape("holds no LoRA layer")):
-        eqbayes.nn.adapters(model)
+    for select in (eqbayes.nn.adapters, eqbayes.nn.adapters_b):
+        with pytest.raises(ValueError, match=re.escape("holds no LoRA layer")):
+            select(model)
+
+
+def test_adapters_b_selects_only_b():
+    adapted = eqbayes.nn.lora(_pretrained(), 2, key=jr.key(2))
+    marked = eb.optimise(adapted, optax.adam(1e-2), where=eqbayes.nn.adapters_b)
+    x, y = _data()
+    result = eb.Solver(_mse, progress=False).run(
+        marked, steps=20, key=jr.key(0), args=(x, y)
+    )
+    for before, after in zip(adapted.layers, result.model.layers):
+        np.testing.assert_array_equal(before.A, after.A)
+        assert not np.array_equal(before.B, after.B)
