@@ -283,7 +283,7 @@ def _arviz() -> Any:
         import arviz as az
     except ImportError:
         try:
-            import arviz_base as az
+            import arviz_base as az  # pyright: ignore[reportMissingImports]
         except ImportError as err:
             raise ImportError(_NO_ARVIZ) from err
     return az

@@ -73,6 +73,7 @@ class LoRALinear(eqx.Module):
     - `A`: the adapter's down-projection, `(rank, in_features)`.
     - `B`: the adapter's up-projection, `(out_features, rank)`; zero at the start,
         so the layer computes exactly what the pretrained one did.
+    - `dtype`: the floating-point dtype of the pretrained weight (static).
     """
 
     base: eqx.nn.Linear
