@@ -134,16 +134,24 @@ class _Scaled(eqx.Module):
         return self.scale * self.net(x)
 
 
-@pytest.mark.parametrize("how", ["optimise", "solver-optimizer"])
+@pytest.mark.parametrize("how", ["optimise", "solver-optimizer", "vi"])
 def test_optimisers_cannot_move_base_weights(how):
     """With weight decay, an optimiser moves every parameter it holds: the base
     weights are none (neither in `eb.optimise(where=...)` nor among the Solver's
-    unmarked leaves)."""
+    unmarked leaves), and a variational fit of the adapters leaves them too."""
     adapted = _Scaled(eqbayes.nn.lora(_pretrained(), 2, key=jr.key(2)), jnp.ones(()))
     adamw = optax.adamw(1e-2, weight_decay=0.5)
     if how == "optimise":
         model = eb.optimise(adapted, adamw, where=eqbayes.nn.adapters)
         solver = eb.Solver(_mse, progress=False)
+    elif how == "vi":
+        model = eb.vi(
+            adapted,
+            optimizer=optax.adam(1e-2),
+            where=eqbayes.nn.adapters,
+            likelihood_scale=100.0,
+        )
+        solver = eb.Solver(_mse, optimizer=adamw, progress=False)
     else:
         model = eb.optimise(adapted, adamw, where=lambda m: m.scale)
         solver = eb.Solver(_mse, optimizer=adamw, progress=False)
