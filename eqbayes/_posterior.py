@@ -219,7 +219,7 @@ class Posterior(eqx.Module):
     ) -> Float[Array, "chain draw obs"]:
         """The log-likelihood of every observation at every posterior draw.
 
-        What PSIS-LOO and WAIC need (`az.loo`, `az.waic`, `az.compare`; or pass
+        What PSIS-LOO and WAIC need (`az.loo`, `az.compare`; or pass
         `fn` to [`eqbayes.Posterior.to_arviz`][]). Each observation is one row of
         `data` along its leading axis; `fn` is evaluated for every row at every
         (chain, draw), batched over draws as in [`eqbayes.Posterior.predict`][]
@@ -338,12 +338,14 @@ class Posterior(eqx.Module):
         [`eqbayes.Posterior.log_likelihood`][]`(fn, data, *args)` as a variable
         `obs` (or one variable per entry of a dict of functions), and
         `observed_data` holds the data (an array as `obs`, a dict by its keys, any
-        other pytree by its paths, `obs[0]`, ...). `az.loo`, `az.waic` and
-        `az.compare` then work. For posterior predictive checks (`az.plot_ppc`;
-        ArviZ 1.x: `az.plot_ppc_dist`), also pass `posterior_predictive=`, draws
-        `(K, N, ...)` of new observations (e.g. from
-        [`eqbayes.Posterior.predict`][] with `key=`), named like their observed
-        counterpart. Every floating-point array reaches ArviZ as float64.
+        other pytree by its paths, `obs[0]`, ...). `az.loo` and `az.compare` then
+        work (and `az.waic`, which ArviZ 1.x no longer has). For posterior
+        predictive checks (`az.plot_ppc`; ArviZ 1.x: `az.plot_ppc_dist`), also
+        pass `posterior_predictive=`, draws `(K, N, ...)` of new observations
+        (e.g. from [`eqbayes.Posterior.predict`][] with `key=`), named like their
+        observed counterpart. The added groups' floating-point arrays reach ArviZ
+        as float64 (PSIS needs it: float32 log-likelihoods that round to the same
+        number in every draw give `nan`).
 
         **Arguments:**
 
