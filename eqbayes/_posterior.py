@@ -344,8 +344,9 @@ class Posterior(eqx.Module):
         pass `posterior_predictive=`, draws `(K, N, ...)` of new observations
         (e.g. from [`eqbayes.Posterior.predict`][] with `key=`), named like their
         observed counterpart. The added groups' floating-point arrays reach ArviZ
-        as float64 (PSIS needs it: float32 log-likelihoods that round to the same
-        number in every draw give `nan`).
+        as float64: ArviZ computes PSIS in the dtype it is handed, and in float32
+        it can return `nan` (as it does for a logistic regression on scikit-learn's
+        breast-cancer data, where float64 gives a finite elpd).
 
         **Arguments:**
 

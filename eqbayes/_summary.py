@@ -296,9 +296,8 @@ def _is_arviz_1(az: Any) -> bool:
 
 
 def as_numpy(x: Any) -> np.ndarray:
-    """A NumPy array, floating point as float64: ArviZ's PSIS and summaries are
-    computed in the dtype handed over, and float32 log-likelihoods that round to
-    the same number in every draw give `nan` there."""
+    """A NumPy array, floating point as float64: ArviZ computes PSIS in the dtype
+    it is handed, and in float32 it can return `nan` for elpd_loo."""
     x = np.asarray(x)
     return x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x
 
