@@ -9,7 +9,7 @@ Gauss–Newton matrix or its diagonal) and $P$ the prior precision.
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import equinox as eqx
@@ -649,7 +649,7 @@ def laplace(
     likelihood_scale: float = 1.0,
     num_draws: int = 1000,
     name: str | None = None,
-    outputs: Sequence[Callable[..., Any]] | None = None,
+    outputs: Any = None,
     optimizer: Any = None,
     optimize_prior: bool = False,
 ) -> PyTree:
