@@ -595,7 +595,9 @@ class Solver(eqx.Module):
             model of the first run (or None).
         - `steps`: solver steps; `None` means the longest sampling group's
             `warmup + keep * thin` (required when no group samples). A longer solve
-            keeps each group's last `keep` draws.
+            keeps each group's last `keep` draws. `0` takes no step: the result at
+            the start (for models without chains, e.g. an [`eqbayes.laplace`][]
+            group fitted at the values it was marked with).
         - `key`: a JAX PRNG key (`jax.random.key(0)`); same key, same chain. With
             `state=` it may be left out (the state carries its key); given, it must
             be the first run's.

@@ -389,5 +389,7 @@ plt.show()
 # - [Bayesian neural network with SGLD](../bnn_sgld/): the chain for this problem.
 # - [Bayesian PINN](../bayesian_pinn/): a Gauss–Newton Laplace band checks an SGLD
 #   band.
-# - [Mixed inference](../../mixed/): Laplace on the head, optax on the body, in one
-#   solve.
+# - [Bayesian last layer](../bayesian_last_layer/): a body trained by optax beside
+#   a sampled head in one solve; a Laplace group on the head works the same way
+#   (`eb.laplace(..., where=lambda m: m.layers[-1], optimizer=...)` with
+#   `Solver(optimizer=...)` for the body).
