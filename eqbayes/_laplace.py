@@ -98,6 +98,20 @@ _SPLIT = (
     "two must be equal (constants included); fix `outputs=`, or use "
     "`hessian='full'`."
 )
+_NOT_FINITE = (
+    "Group '{name}' (`eb.laplace`): the point or the curvature there is not finite "
+    "(a NaN or an infinity), so there is no Gaussian to fit. If the group was "
+    "trained (`optimizer=`), the training diverged: lower the learning rate; "
+    "otherwise check the model's values and the loss at them."
+)
+_DIAG_PRIOR = (
+    "`eb.laplace(..., hessian='diag', prior={prior!r})` for group '{name}': the "
+    "group has {d} parameters, and the precision of a prior other than a zero-mean "
+    "Gaussian is taken from its dense {d} x {d} Hessian, limited to {limit} "
+    "parameters. Pass `eb.priors.gaussian(...)` or "
+    "`eb.priors.layerwise_gaussian(...)` (their precision is diagonal, in closed "
+    "form), or select fewer parameters."
+)
 _NEEDS_ARGS = (
     "Group '{name}' (`eb.laplace`) fits its Gaussian when the solve ends, from the "
     "loss: the error above came from calling the loss there. If you called "
@@ -329,6 +343,17 @@ class LaplaceGroup(AbstractGroup):
         if self.config.optimizer is not None:
             with jax.numpy_dtype_promotion("standard"):
                 opt_state = self.config.optimizer.init(params)
+        if self.config.outputs is not None:
+            # Trace the split once now, so that an `output_fn` or `output_loss` that
+            # does not fit the loss's arguments fails here, not after the solve.
+            output_fn, output_loss = self.config.outputs
+            model = ctx.model_fn(ctx.chain(0) if jax.tree.leaves(ctx.others) else {})
+
+            def split(position):
+                out = output_fn(model(position), *ctx.full_args)
+                return output_loss(out, *ctx.full_args)
+
+            jax.eval_shape(split, params)
         assert ctx.key is not None
         state = LaplaceState(params, opt_state, ctx.key)
         return eqx.tree_at(lambda g: g.state, self, state, is_leaf=lambda x: x is None)
@@ -378,6 +403,9 @@ class LaplaceGroup(AbstractGroup):
                 raise ValueError(_SPLIT.format(name=self.name, loss=value, split=split))
         hessian, prior_precision = arrays["hessian"], arrays["prior_precision"]
         log_prior = arrays["log_prior"]
+        finite = [arrays["theta"], hessian, prior_precision, arrays["loss"]]
+        if not all(bool(jnp.all(jnp.isfinite(x))) for x in finite):
+            raise ValueError(_NOT_FINITE.format(name=self.name))
         if config.optimize_prior:
             factor = _tune_prior(hessian, prior_precision, arrays["theta"])
             prior_precision = factor * prior_precision
@@ -700,7 +728,10 @@ def laplace(
     - `"diag"`: the diagonal of the GGN (needs `outputs=`): $d$ numbers, for
         groups too large for a dense matrix.
 
-    A dense matrix (`"full"`, `"ggn"`) is limited to 20,000 parameters.
+    A dense matrix (`"full"`, `"ggn"`) is limited to 20,000 parameters. `"ggn"`
+    and `"diag"` hold the Jacobian of the outputs, (outputs x parameters), in
+    memory. There is no Kronecker-factored or low-rank option: for large networks,
+    select the last layer (`where=`).
 
     **Arguments:**
 
@@ -787,6 +818,12 @@ def laplace(
                 )
             )
         the_prior = check_prior(prior, group_name, fn="laplace")
+        if hessian == "diag" and d > MAX_DENSE and not _is_gaussian(the_prior):
+            raise ValueError(
+                _DIAG_PRIOR.format(
+                    prior=the_prior, name=group_name, d=d, limit=MAX_DENSE
+                )
+            )
         if optimize_prior and not _is_gaussian(the_prior):
             raise ValueError(_OPTIMIZE_PRIOR.format(name=group_name, prior=the_prior))
         config = LaplaceConfig(

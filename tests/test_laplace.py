@@ -287,6 +287,8 @@ def test_marking_errors():
     with pytest.raises(ValueError, match=re.escape(f"limited to {_laplace.MAX_DENSE}")):
         eb.laplace(big)
     eb.laplace(big, hessian="diag", outputs=OUTPUTS)  # a diagonal fits
+    with pytest.raises(ValueError, match=re.escape("dense 20001 x 20001 Hessian")):
+        eb.laplace(big, hessian="diag", outputs=OUTPUTS, prior=eb.priors.student_t(4.0))
 
 
 def test_a_loss_that_does_not_split_is_a_clear_error():
@@ -389,3 +391,25 @@ def test_reproduces_the_hand_written_pinn_band():
     )
     np.testing.assert_allclose(mean, jax.vmap(net)(x_eval), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(jnp.sqrt(variance), by_hand, rtol=0.01)
+
+
+def test_a_split_that_does_not_fit_the_arguments_fails_at_init():
+    data = sincos_data()
+    wrong = (lambda m, f1: m(f1, f1), OUTPUTS[1])
+    model = eb.laplace(_at((3.0, -2.0), jnp.float32), hessian="diag", outputs=wrong)
+    with pytest.raises(TypeError):
+        eb.Solver(mse, progress=False).init(model, key=jr.key(0), args=data)
+
+
+def test_a_diverged_point_is_a_clear_error():
+    """Training that diverges leaves a NaN point: a clear error, not a Cholesky of
+    NaNs."""
+    data = sincos_data()
+    model = eb.laplace(
+        _at((3.0, -2.0), jnp.float32),
+        likelihood_scale=LIKELIHOOD_SCALE,
+        optimizer=optax.sgd(1e30),
+        name="diverged",
+    )
+    with pytest.raises(ValueError, match=re.escape("the training diverged")):
+        _solve(model, data, steps=5)

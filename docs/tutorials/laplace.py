@@ -162,7 +162,7 @@ except ValueError as err:
 # %% [markdown]
 # The exact Hessian is not positive definite at the Adam fit: a network's loss has
 # directions of negative curvature almost everywhere Adam stops (training longer
-# makes the smallest eigenvalue smaller, here not positive), and eqbayes says so
+# shrinks the negative eigenvalue here without removing it), and eqbayes says so
 # rather than return a Gaussian that does not exist. The Gauss–Newton matrix drops
 # the term of the Hessian that carries that curvature (the residuals times the
 # network's second derivatives) and is positive semi-definite wherever it is
