@@ -2,7 +2,9 @@
 groups, and the errors."""
 
 import logging
+import pathlib
 import re
+import runpy
 
 import blackjax
 import equinox as eqx
@@ -10,6 +12,8 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import optax
 import pytest
@@ -413,3 +417,24 @@ def test_a_diverged_point_is_a_clear_error():
     )
     with pytest.raises(ValueError, match=re.escape("the training diverged")):
         _solve(model, data, steps=5)
+
+
+@pytest.mark.slow  # about a minute of CPU: Adam, four Laplace fits, SGLD and NUTS
+def test_laplace_tutorial_claims(monkeypatch):
+    """What the tutorial says of its table: the GGN fit's linearised band holds about
+    90 % of new data and is as wide as NUTS's; the diagonal's and the sampled
+    whole-network predictive are far too wide."""
+    matplotlib.use("Agg")
+    monkeypatch.setattr(plt, "show", lambda: None)
+    page = pathlib.Path(__file__).parent.parent / "docs" / "tutorials" / "laplace.py"
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        rows = runpy.run_path(str(page))["rows"]
+    plt.close("all")
+    coverage, width, _ = rows["Laplace GGN, linearised"]
+    nuts_coverage, nuts_width, _ = rows["NUTS"]
+    assert 0.85 <= coverage <= 0.95 and 0.85 <= nuts_coverage <= 0.95
+    assert abs(width / nuts_width - 1) < 0.1
+    assert rows["Laplace diag, linearised"][1] > 1.5 * nuts_width
+    assert rows["Laplace GGN, sampled"][1] > 5 * nuts_width
+    last_layer = rows["Laplace full, last layer, linearised"]
+    assert abs(last_layer[1] / nuts_width - 1) < 0.1
