@@ -210,6 +210,41 @@ def test_beside_an_optax_group_with_masks():
     assert list(result.posterior.summary().to_dict()["name"]) == ["a"]
 
 
+@_x64
+def test_laplace_head_beside_an_optax_body():
+    """Laplace on the last layer (trained by its own optimiser) while the Solver's
+    optimiser trains the body: the network is linear in the head, so the fit's
+    precision is the conjugate one for the trained body's features."""
+    x = jnp.linspace(-2.0, 2.0, 30)
+    y = jnp.sin(x) + 0.1 * jr.normal(jr.key(0), x.shape)
+    net = eqx.nn.MLP("scalar", "scalar", 8, 1, activation=jnp.tanh, key=jr.key(1))
+    net = jax.tree.map(lambda v: v.astype(jnp.float64) if eqx.is_array(v) else v, net)
+
+    def loss(net, x, y):
+        return jnp.sum((jax.vmap(net)(x) - y) ** 2) / (2 * 0.1**2)
+
+    model = eb.laplace(
+        net,
+        where=lambda m: m.layers[-1],
+        prior=eb.priors.gaussian(2.0),
+        optimizer=optax.adam(1e-2),
+        name="head",
+    )
+    solver = eb.Solver(loss, optimizer=optax.adam(1e-2), progress=False)
+    result = solver.run(model, steps=500, key=jr.key(2), args=(x, y))
+    trained = result.model
+    features = jax.vmap(lambda v: jnp.tanh(trained.layers[0](v)))(x)
+    phi = np.concatenate([np.asarray(features), np.ones((x.size, 1))], axis=1)
+    fit = result.variational["head"]
+    precision = phi.T @ phi / 0.1**2 + np.eye(9) / 2.0**2
+    np.testing.assert_allclose(fit.precision, precision, rtol=1e-8)
+    assert eqx.tree_equal(fit.model_at(fit.mean), trained)
+    assert result.posterior.samples.layers[0].weight is None
+    assert result.posterior.samples.layers[1].weight.shape == (1, 1000, 1, 8)
+    curves = result.posterior.predict(lambda m, x: jax.vmap(m)(x), x)
+    assert curves.shape == (1, 1000, 30)
+
+
 def test_beside_chains_pairs_the_draws():
     """Beside a NUTS group with K chains: draws (K, keep), and the fit is of the log
     density averaged over the chains; `num_draws` must equal `keep`."""
