@@ -396,16 +396,16 @@ class LaplaceGroup(AbstractGroup):
             err.add_note(_NEEDS_ARGS.format(name=self.name))
             raise
         config = self.config
-        if config.outputs is not None:
-            value, split = float(arrays["loss"]), float(arrays["split"])
-            tolerance = math.sqrt(float(jnp.finfo(arrays["loss"].dtype).eps))
-            if not abs(value - split) <= tolerance * (1 + abs(value)):
-                raise ValueError(_SPLIT.format(name=self.name, loss=value, split=split))
         hessian, prior_precision = arrays["hessian"], arrays["prior_precision"]
         log_prior = arrays["log_prior"]
         finite = [arrays["theta"], hessian, prior_precision, arrays["loss"]]
         if not all(bool(jnp.all(jnp.isfinite(x))) for x in finite):
             raise ValueError(_NOT_FINITE.format(name=self.name))
+        if config.outputs is not None:
+            value, split = float(arrays["loss"]), float(arrays["split"])
+            tolerance = math.sqrt(float(jnp.finfo(arrays["loss"].dtype).eps))
+            if not abs(value - split) <= tolerance * (1 + abs(value)):
+                raise ValueError(_SPLIT.format(name=self.name, loss=value, split=split))
         if config.optimize_prior:
             factor = _tune_prior(hessian, prior_precision, arrays["theta"])
             prior_precision = factor * prior_precision
