@@ -506,7 +506,7 @@ def _curvature(group: LaplaceGroup, ctx: Context) -> dict[str, Array]:
     assert group.state is not None
     config = group.config
 
-    @jax.jit
+    @eqx.filter_jit
     def compute(params, others, full_args):
         ctx_ = dataclasses.replace(
             ctx, others=others, full_args=full_args, batch_args=full_args

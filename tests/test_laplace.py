@@ -288,6 +288,26 @@ def test_steps_zero_and_the_held_warning(caplog):
     assert result.posterior.samples.a.shape == (1, 1000)
 
 
+def test_loss_arguments_that_are_not_arrays():
+    """A loss argument that is a Python object (static in the compiled programs)
+    reaches the fit too."""
+
+    def powered(model, f1, f2, y, power):
+        return jnp.sum(jnp.abs(model(f1, f2) - y) ** power)
+
+    data = sincos_data()
+    model = eb.laplace(_at((3.14, -2.71), jnp.float32))
+    result = eb.Solver(powered, progress=False).run(
+        model, steps=0, key=jr.key(0), args=(*data, 2)
+    )
+    f1, f2, _ = (np.asarray(v, np.float64) for v in data)
+    features = np.stack([f1, f2], axis=1)
+    expected = 2 * features.T @ features + np.eye(2) / PRIOR_SIGMA**2
+    np.testing.assert_allclose(
+        result.variational["Coefficients"].precision, expected, rtol=1e-4, atol=1e-3
+    )
+
+
 def test_non_positive_definite_is_a_clear_error():
     """At a maximum of the loss, H + P is negative definite."""
 
