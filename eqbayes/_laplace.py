@@ -709,6 +709,11 @@ def laplace(
     [`predict_linearised`][eqbayes.LaplaceGaussian.predict_linearised] gives the
     linearised (GLM) predictive.
 
+    The group has no chains: the other groups, `eb.unwrap` and `result.model` see
+    it at its point. Beside chain groups with K chains, its loss is averaged over
+    the chains' positions (in training and in the fit, as for [`eqbayes.vi`][]),
+    and `num_draws` must equal their `keep`.
+
     This is a Laplace *approximation* (a Gaussian at the mode); it is unrelated to
     the Laplace-distribution prior [`eqbayes.priors.laplace`][] and the warm-start
     initializer [`eqbayes.initializers.laplace`][].
