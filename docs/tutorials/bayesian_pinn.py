@@ -304,10 +304,10 @@ def laplace_sd(sigma):
         likelihood_scale=N / (2 * sigma**2),
         prior=eb.priors.gaussian(1.0),
     )
-    fit = eb.Solver(loss, progress=False).run(
+    fitted = eb.Solver(loss, progress=False).run(
         model, steps=0, key=jr.key(3), data=x_collocation
     )
-    _, variance = fit.variational["MLP"].predict_linearised(
+    _, variance = fitted.variational["MLP"].predict_linearised(
         lambda m, x: jax.vmap(m)(x), x_eval
     )
     return jnp.sqrt(variance)
