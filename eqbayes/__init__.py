@@ -26,6 +26,11 @@ from ._groups import (
     Mode as Mode,
     Solve as Solve,
 )
+from ._laplace import (
+    laplace as laplace,
+    LaplaceGaussian as LaplaceGaussian,
+    LaplaceGroup as LaplaceGroup,
+)
 from ._marking import mark as mark, MaskedGroup as MaskedGroup, unwrap as unwrap
 from ._mcmc import KernelDiagnostics as KernelDiagnostics
 from ._optax import OptaxGroup as OptaxGroup, optimise as optimise

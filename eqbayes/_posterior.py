@@ -423,8 +423,9 @@ class Result(eqx.Module):
     - `posterior`: a [`eqbayes.Posterior`][].
     - `history`: a [`eqbayes.History`][].
     - `variational`: `{group name: fitted q}` for the variational groups
-        ([`eqbayes.MeanFieldGaussian`][] or [`eqbayes.FullRankGaussian`][]); empty
-        when there are none.
+        ([`eqbayes.MeanFieldGaussian`][] or [`eqbayes.FullRankGaussian`][]) and
+        the Laplace groups ([`eqbayes.LaplaceGaussian`][]); empty when there are
+        none.
     - `state`: the final [`eqbayes.SolverState`][]: continue the solve with
         `solver.run(model, key=key, state=result.state, steps=n)`, or save it with
         [`eqbayes.save`][].

@@ -76,6 +76,8 @@ def drive(
         _chunks.HostWork(threaded=bool(callbacks)) as host,
     ):
         at = 0
+        if check is not None and steps == 0:
+            check()
         while at < steps:
             n = sizes.next(at)
             host.release()  # the last chunk's host work runs while this computes

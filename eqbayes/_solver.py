@@ -122,7 +122,8 @@ _STEPS = (
     "`steps=None` for exactly that."
 )
 _STEPS_TYPE = (
-    "`Solver.run(..., steps={steps!r})`: `steps` must be a positive integer or None."
+    "`Solver.run(..., steps={steps!r})`: `steps` must be a non-negative integer "
+    "(0: no steps, the result at the start, for models without chains) or None."
 )
 _NEED_STEPS = (
     "`Solver.run(model, steps=None, ...)`: no group samples a chain, so there is no "
@@ -594,7 +595,9 @@ class Solver(eqx.Module):
             model of the first run (or None).
         - `steps`: solver steps; `None` means the longest sampling group's
             `warmup + keep * thin` (required when no group samples). A longer solve
-            keeps each group's last `keep` draws.
+            keeps each group's last `keep` draws. `0` takes no step: the result at
+            the start (for models without chains, e.g. an [`eqbayes.laplace`][]
+            group fitted at the values it was marked with).
         - `key`: a JAX PRNG key (`jax.random.key(0)`); same key, same chain. With
             `state=` it may be left out (the state carries its key); given, it must
             be the first run's.
@@ -712,7 +715,7 @@ def _steps(chain_groups, steps, done: int) -> tuple[int, int]:
         if not schedules:
             raise ValueError(_NEED_STEPS)
         steps = max(needed - done, 0)
-    elif not is_count(steps):
+    elif not is_count(steps, minimum=0):
         raise ValueError(_STEPS_TYPE.format(steps=steps))
     for g in chain_groups:
         warmup, keep, thin = g.schedule

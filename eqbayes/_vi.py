@@ -58,7 +58,8 @@ _DRAWS = (
 
 
 class AbstractGaussianApproximation(eqx.Module):
-    """A Gaussian variational distribution q(θ) over a group's position.
+    """A Gaussian approximation q(θ) of a group's posterior: a variational fit, or a
+    Laplace approximation ([`eqbayes.LaplaceGaussian`][]).
 
     `mean` has the structure of the group's position: the marked sub-tree with its
     floating-point array leaves, `None` at every other leaf (the `eqx.partition`

@@ -257,8 +257,10 @@ def test_unknown_samples_and_strategy():
 def test_bad_steps_and_predict_batch_size():
     model = eb.bayesian(MODEL, blackjax.nuts, warmup=10, keep=10)
     with pytest.raises(
-        ValueError, match=re.escape("`steps` must be a positive integer")
+        ValueError, match=re.escape("`steps` must be a non-negative integer")
     ):
+        eb.Solver(mse, progress=False).run(model, steps=-1, key=jr.key(0), args=DATA)
+    with pytest.raises(ValueError, match=re.escape("needs 20 steps")):
         eb.Solver(mse, progress=False).run(model, steps=0, key=jr.key(0), args=DATA)
     posterior = eb.Posterior(Coefficients(None, None), {}, MODEL)
     with pytest.raises(ValueError, match=re.escape("`batch_size` must be a positive")):

@@ -31,3 +31,7 @@ def test_bayesian_pinn_tutorial_meets_its_targets(monkeypatch):
     assert out["coverage"] >= 0.85, out["coverage"]
     # The band is useful, not merely wide: a few percent of the unit amplitude.
     assert out["half_width"] < 0.05, out["half_width"]
+    # The page's check of the band's width: the Laplace approximation at the Adam fit
+    # (`eb.laplace`, Gauss-Newton) agrees with the SGLD band.
+    ratio = out["laplace_half_width"] / out["half_width"]
+    assert abs(ratio - 1) < 0.2, ratio

@@ -223,6 +223,9 @@ print(f"RMS error of the predictive mean against the true f: {rmse:.3f}")
 #
 # ## Where next
 #
+# - [Laplace approximations for a trained network](../laplace/): this network and
+#   data with a Gaussian at the trained weights, its band and coverage next to this
+#   SGLD band and a NUTS one, and the time each takes.
 # - [Bayesian last layer](../bayesian_last_layer/): the same kind of data, but only
 #   the last layer is sampled while Adam trains the rest, in one solve.
 # - [Bayesian PINN](../bayesian_pinn/): a network constrained by a differential
