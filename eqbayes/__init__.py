@@ -11,6 +11,7 @@ from . import (
     callbacks as callbacks,
     diagnostics as diagnostics,
     initializers as initializers,
+    nn as nn,
     plot as plot,
     priors as priors,
 )

@@ -347,7 +347,9 @@ def bayesian(
         read from the name of the factory's first parameter.
     - `where`: selects the sub-tree, like `eqx.tree_at`'s `where`
         (e.g. `lambda m: m.layers[-1]`); `None` means the whole model. It always
-        sees the plain model, so groups can be added one call at a time.
+        sees the plain model, so groups can be added one call at a time. A tuple
+        of disjoint sub-trees (`lambda m: (m.a, m.c)`, or
+        [`eqbayes.nn.adapters`][]) forms one group.
     - `mask`: a pytree of bools over the selected sub-tree (or a prefix of it):
         only `True` floating-point leaves form the group; the others stay as they
         are (frozen, trained by `Solver(optimizer=...)`, or held by other masked

@@ -123,12 +123,6 @@ def _get(tree: Any, path: tuple) -> Any:
     return tree
 
 
-_WHERE_MANY = (
-    "`{fn}(..., where=...)`: `where` selected {n} sub-trees; it must select a "
-    "single one (a leaf, a layer, or the whole model). Mark several parts with "
-    "several calls, e.g. `{fn}({fn}(model, ..., where=lambda m: m.a), ..., "
-    "where=lambda m: m.b)`."
-)
 _WHERE_EMPTY = (
     "`{fn}(..., where=...)` for group '{name}': the selected sub-tree has no "
     "floating-point array leaves, so there is nothing to infer. Select a sub-tree "
@@ -143,9 +137,39 @@ _OVERLAP = (
 )
 _WHERE_FAILED = (
     "`{fn}(..., where=...)`: calling `where` on the (unwrapped) model failed with "
-    "{err!r}. `where` takes the plain model and returns one of its sub-trees, "
+    "{err!r}. `where` takes the plain model and returns one of its sub-trees (or a "
+    "tuple of disjoint sub-trees, which form one group), "
     "e.g. `where=lambda m: m.layers[-1]`."
 )
+
+
+_WHERE_TUPLE_MASK = (
+    "`{fn}(..., where=..., mask=...)`: `where` returned {n} sub-trees, so `mask` "
+    "must be a tuple of {n} masks, one per sub-tree (or `True`); got {mask!r}."
+)
+
+
+def _several(plain: PyTree, paths: list[tuple], mask: Any, fn: str):
+    """A `where` that returned several disjoint sub-trees, as one group: the
+    sub-trees' nearest common ancestor with a mask selecting them (and, with
+    `mask=`, only the leaves each sub-tree's mask selects). Returns `(path, mask,
+    default name)`. (`eqx.tree_at` has already rejected nested sub-trees.)"""
+    depth = 0
+    while all(len(p) > depth and p[depth] == paths[0][depth] for p in paths):
+        depth += 1
+    ancestor = paths[0][:depth]
+    if mask is None or mask is True:
+        masks = [True] * len(paths)
+    elif isinstance(mask, (tuple, list)) and len(mask) == len(paths):
+        masks = list(mask)
+    else:
+        raise ValueError(_WHERE_TUPLE_MASK.format(fn=fn, n=len(paths), mask=mask))
+    base = _get(plain, ancestor) if ancestor else plain
+    flags = jax.tree.map(lambda _: False, base)
+    inner = [p[depth:] for p in paths]
+    combined = eqx.tree_at(lambda t: [_get(t, p) for p in inner], flags, replace=masks)
+    name = "(" + ", ".join(path_str(p) for p in paths) + ")"
+    return ancestor, combined, name
 
 
 _MASK_STRUCTURE = (
@@ -229,8 +253,11 @@ def mark(
         sub-tree (with `mask=`, the sub-tree with `None` outside the mask) and
         its name.
     - `where`: selects the sub-tree, like `eqx.tree_at`'s `where`; `None` means
-        the whole model.
-    - `mask`: a pytree of bools over the selected sub-tree (or a prefix of it).
+        the whole model. A tuple of disjoint sub-trees forms one group (held as
+        a masked group on their nearest common ancestor; named after their paths
+        unless `name=` is given).
+    - `mask`: a pytree of bools over the selected sub-tree (or a prefix of it);
+        with a tuple of sub-trees, a tuple of masks, one per sub-tree.
     - `name`: the group's name; defaults to the `where` path or the model's class
         name.
     - `call`: how error messages name the marking function, e.g.
@@ -260,9 +287,11 @@ def mark(
         )[0]
         if leaf is placeholder
     ]
-    if len(found) != 1:
-        raise ValueError(_WHERE_MANY.format(fn=fn, n=len(found)))
-    path = found[0][0]
+    if len(found) > 1:
+        path, mask, default = _several(plain, [p for p, _ in found], mask, fn)
+        name = default if name is None else name
+    else:
+        path = found[0][0]
     subtree = _get(plain, path) if path else plain
     host = None
     if mask is not None:

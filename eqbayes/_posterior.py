@@ -6,10 +6,12 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from . import _summary
 from ._checks import count
+from ._marking import path_str
 from ._mcmc import KernelDiagnostics
 
 
@@ -25,6 +27,32 @@ _NO_CHAIN = (
 _BATCH = (
     "`posterior.predict(..., batch_size={value!r})`: `batch_size` must be a positive "
     "integer (draws evaluated at once) or None."
+)
+
+_LL_NO_CHAIN = (
+    "`posterior.log_likelihood(...)`: this model has no sampled groups, so there "
+    "are no draws to evaluate the log-likelihood at. Mark a sub-tree with "
+    "`eb.bayesian(...)`."
+)
+_LL_DATA = (
+    "`posterior.log_likelihood(fn, data, ...)`: `data` must be an array, or a "
+    "pytree of arrays, with one observation per row along a shared leading axis; "
+    "{detail}"
+)
+_LL_SCALAR = (
+    "`posterior.log_likelihood(fn, data, ...)`: `fn(model, row, *args)` must return "
+    "the log-likelihood of one observation, a scalar; it returned shape {shape}. "
+    "Sum over the components of one observation inside `fn`."
+)
+
+_ARVIZ_NO_DATA = (
+    "`posterior.to_arviz(log_likelihood=fn)` needs the observations too: "
+    "`posterior.to_arviz(log_likelihood=fn, data=data)`, with one observation per "
+    "row of `data`."
+)
+_ARVIZ_ARGS = (
+    "`posterior.to_arviz(..., args=...)`: `args` must be a tuple of further "
+    "arguments to `log_likelihood` (e.g. `args=(sigma,)`); got a `{type}`."
 )
 
 #: Draws evaluated at once by `Posterior.predict` unless told otherwise.
@@ -53,20 +81,39 @@ class History(eqx.Module):
 
 
 @eqx.filter_jit
-def _predict_chain(fn, samples, model, args, batch_size):
+def _predict_chain(fn, samples, model, args, batch_size, keys=None):
     num_chains = jax.tree.leaves(samples)[0].shape[0]
 
-    def one(draw):
-        return fn(eqx.combine(draw, model), *args)
+    def one(draw_and_key):
+        draw, key = draw_and_key
+        plain = eqx.combine(draw, model)
+        return fn(plain, *args) if key is None else fn(plain, *args, key=key)
 
     # Draw index by draw index, every chain at once: the chain axis stays in place
     # (sharded over devices when the solve was), about `batch_size` evaluations at
     # a time.
-    by_draw = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), samples)
+    by_draw = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (samples, keys))
     out = jax.lax.map(
         jax.vmap(one), by_draw, batch_size=max(1, batch_size // num_chains)
     )
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
+
+
+def _check_rows(data: PyTree) -> PyTree:
+    """`data` as arrays sharing a leading (row) axis, or a clear error."""
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError(_LL_DATA.format(detail="it holds no arrays."))
+    if not all(eqx.is_array_like(x) for x in leaves):
+        kinds = sorted({type(x).__name__ for x in leaves if not eqx.is_array_like(x)})
+        raise TypeError(_LL_DATA.format(detail=f"it holds {', '.join(kinds)}."))
+    rows = jax.tree.map(jnp.asarray, data)
+    lengths = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(rows)}
+    if len(lengths) != 1 or None in lengths:
+        shapes = [x.shape for x in jax.tree.leaves(rows)]
+        detail = f"got leaves of shapes {shapes}."
+        raise ValueError(_LL_DATA.format(detail=detail))
+    return rows
 
 
 class Posterior(eqx.Module):
@@ -100,6 +147,7 @@ class Posterior(eqx.Module):
         *args: Any,
         samples: str = "auto",
         batch_size: int | None = None,
+        key: PRNGKeyArray | None = None,
     ) -> PyTree:
         """Evaluates `fn(model, *args)` at every posterior draw.
 
@@ -120,6 +168,11 @@ class Posterior(eqx.Module):
             (the model's current values, one evaluation).
         - `batch_size`: draws evaluated at once (default 64; at least one per
             chain).
+        - `key`: with a key, `fn` is called as `fn(model, *args, key=draw_key)`,
+            with an independent key for every (chain, draw) (`jr.split(key, (K,
+            N))`, the same whatever `batch_size`): the way to draw new
+            observations with their noise (a posterior predictive sample), not
+            only the noise-free function. `"point"` passes `key` itself.
 
         **Returns:**
 
@@ -131,6 +184,13 @@ class Posterior(eqx.Module):
             ```python
             bands = result.posterior.predict(lambda m, x: jax.vmap(m)(x), x_grid)
             lo, hi = jnp.quantile(bands, jnp.array([0.05, 0.95]), axis=(0, 1))
+
+            # New observations y ~ N(m(x), sigma^2), one set per draw.
+            def simulate(m, x, *, key):
+                mean = jax.vmap(m)(x)
+                return mean + sigma * jr.normal(key, mean.shape)
+
+            y_rep = result.posterior.predict(simulate, x_grid, key=jr.key(0))
             ```
         """
         if samples not in ("auto", "chain", "point"):
@@ -142,8 +202,79 @@ class Posterior(eqx.Module):
         if samples == "chain" and not self.has_chain:
             raise ValueError(_NO_CHAIN)
         if samples == "point" or not self.has_chain:
-            return fn(self.model, *args)
-        return _predict_chain(fn, self.samples, self.model, args, batch_size)
+            if key is None:
+                return fn(self.model, *args)
+            return fn(self.model, *args, key=key)
+        keys = None
+        if key is not None:
+            keys = jr.split(key, jax.tree.leaves(self.samples)[0].shape[:2])
+        return _predict_chain(fn, self.samples, self.model, args, batch_size, keys)
+
+    def log_likelihood(
+        self,
+        fn: Callable[..., Any],
+        data: PyTree[ArrayLike],
+        *args: Any,
+        batch_size: int | None = None,
+    ) -> Float[Array, "chain draw obs"]:
+        """The log-likelihood of every observation at every posterior draw.
+
+        What PSIS-LOO and WAIC need (`az.loo`, `az.compare`; or pass
+        `fn` to [`eqbayes.Posterior.to_arviz`][]). Each observation is one row of
+        `data` along its leading axis; `fn` is evaluated for every row at every
+        (chain, draw), batched over draws as in [`eqbayes.Posterior.predict`][]
+        (about `batch_size` draws at a time, all rows of a draw at once).
+
+        The relation to the solve: the chain targets
+        `-likelihood_scale * loss(model, ...) + log prior`, so the per-observation
+        log-likelihood should satisfy `sum_i fn(model, row_i) ==
+        -likelihood_scale * loss(model, data)` up to a constant in the
+        parameters. For a Gaussian likelihood written as a mean squared error
+        `loss = mean((m(x) - y)**2)` with `likelihood_scale = n / (2 sigma^2)`,
+        `fn(m, (x, y)) = -(m(x) - y)**2 / (2 sigma^2) - log(sigma sqrt(2 pi))`: LOO
+        needs the normalising constant only to compare models with different
+        likelihoods.
+
+        **Arguments:**
+
+        - `fn`: `fn(model, row, *args) -> scalar`, the log-likelihood of one
+            observation, with the plain model and one row of `data` (the same
+            pytree structure, the leading axis removed).
+        - `data`: an array or a pytree of arrays with the observations along a
+            shared leading axis.
+        - `*args`: passed to `fn` unbatched (shared by all rows).
+        - `batch_size`: draws evaluated at once (default 64).
+
+        **Returns:**
+
+        An array `(K, N, n_obs)` (chains, draws, observations) in the model's
+        floating-point dtype; `to_arviz` hands it to ArviZ as float64.
+
+        !!! Example
+
+            ```python
+            def log_lik(model, row):
+                x, y = row
+                return jax.nn.log_sigmoid(jnp.where(y, 1, -1) * model(x))
+
+            ll = result.posterior.log_likelihood(log_lik, (x, y))  # (K, N, n)
+            ```
+        """
+        if not self.has_chain:
+            raise ValueError(_LL_NO_CHAIN)
+        rows = _check_rows(data)
+        row = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), rows)
+        out = jax.eval_shape(fn, self.model, row, *args)
+        if not (isinstance(out, jax.ShapeDtypeStruct) and out.shape == ()):
+            shape = jax.tree.map(lambda x: x.shape, out)
+            raise ValueError(_LL_SCALAR.format(shape=shape))
+
+        def pointwise(model, rows, *args):
+            return jax.vmap(lambda row: fn(model, row, *args))(rows)
+
+        return self.predict(
+            pointwise, rows, *args, samples="chain", batch_size=batch_size
+        )
 
     def summary(
         self, *, quantiles: Sequence[float] = (0.05, 0.5, 0.95)
@@ -179,9 +310,21 @@ class Posterior(eqx.Module):
             self.samples, self.diagnostics, self.labels, quantiles
         )
 
-    def to_arviz(self) -> Any:
-        """The chain as an `arviz.InferenceData` (needs ArviZ:
-        `pip install 'eqbayes[arviz]'`).
+    def to_arviz(
+        self,
+        log_likelihood: Callable[..., Any]
+        | dict[str, Callable[..., Any]]
+        | None = None,
+        data: PyTree[ArrayLike] | None = None,
+        args: Any = (),
+        *,
+        observed_data: PyTree[ArrayLike] | None = None,
+        posterior_predictive: PyTree[ArrayLike] | None = None,
+        batch_size: int | None = None,
+    ) -> Any:
+        """The chain as ArviZ data (needs ArviZ: `pip install 'eqbayes[arviz]'`):
+        an `arviz.InferenceData` with ArviZ 0.2x, an `xarray.DataTree` with
+        ArviZ 1.x (`arviz-base`).
 
         The `posterior` group holds one variable per sampled leaf, named as in
         [`eqbayes.Posterior.summary`][], with dimensions `(chain, draw, ...)`.
@@ -190,6 +333,35 @@ class Posterior(eqx.Module):
         `acceptance_rate[head]`, and `diverging` true where any group diverged).
         `az.summary`, `az.plot_trace` and `az.plot_pair` then work directly.
 
+        For model checking, give the per-observation log-likelihood and the data:
+        the `log_likelihood` group then holds
+        [`eqbayes.Posterior.log_likelihood`][]`(fn, data, *args)` as a variable
+        `obs` (or one variable per entry of a dict of functions), and
+        `observed_data` holds the data (an array as `obs`, a dict by its keys, any
+        other pytree by its paths, `obs[0]`, ...). `az.loo` and `az.compare` then
+        work (and `az.waic`, which ArviZ 1.x no longer has). For posterior
+        predictive checks (`az.plot_ppc`; ArviZ 1.x: `az.plot_ppc_dist`), also
+        pass `posterior_predictive=`, draws `(K, N, ...)` of new observations
+        (e.g. from [`eqbayes.Posterior.predict`][] with `key=`), named like their
+        observed counterpart. The added groups' floating-point arrays reach ArviZ
+        as float64: ArviZ computes PSIS in the dtype it is handed, and in float32
+        it can return `nan` (as it does for a logistic regression on scikit-learn's
+        breast-cancer data, where float64 gives a finite elpd).
+
+        **Arguments:**
+
+        - `log_likelihood`: `fn(model, row, *args) -> scalar`, the log-likelihood
+            of one observation (see [`eqbayes.Posterior.log_likelihood`][]), or
+            `{name: fn}`; needs `data`.
+        - `data`: the observations, rows along the leading axis.
+        - `args`: a tuple of further arguments to `log_likelihood`.
+        - `observed_data`: what the `observed_data` group holds, when not all of
+            `data` (e.g. `{"obs": y}` when `data` is `(x, y)`): an array (named
+            `obs`) or a dict of arrays.
+        - `posterior_predictive`: draws of new observations, `(K, N, ...)`: an
+            array (named `obs`) or a dict of arrays.
+        - `batch_size`: draws evaluated at once for the log-likelihood.
+
         !!! Example
 
             ```python
@@ -197,9 +369,49 @@ class Posterior(eqx.Module):
 
             idata = result.posterior.to_arviz()
             az.plot_trace(idata)
+
+            def log_lik(model, row):
+                x, y = row
+                return jax.nn.log_sigmoid(jnp.where(y, 1, -1) * model(x))
+
+            idata = result.posterior.to_arviz(log_lik, (x, y), observed_data=y)
+            az.loo(idata)
             ```
         """
-        return _summary.to_arviz(self.samples, self.diagnostics, self.labels)
+        if not isinstance(args, tuple):
+            raise TypeError(_ARVIZ_ARGS.format(type=type(args).__name__))
+        extra: dict[str, dict[str, Any]] = {}
+        if log_likelihood is not None:
+            if data is None:
+                raise ValueError(_ARVIZ_NO_DATA)
+            fns = (
+                log_likelihood
+                if isinstance(log_likelihood, dict)
+                else {"obs": log_likelihood}
+            )
+            extra["log_likelihood"] = {
+                name: self.log_likelihood(f, data, *args, batch_size=batch_size)
+                for name, f in fns.items()
+            }
+        if observed_data is None and data is not None:
+            observed_data = data
+        if observed_data is not None:
+            extra["observed_data"] = _named(observed_data)
+        if posterior_predictive is not None:
+            extra["posterior_predictive"] = _named(posterior_predictive)
+        return _summary.to_arviz(self.samples, self.diagnostics, self.labels, extra)
+
+
+def _named(values: PyTree) -> dict[str, Any]:
+    """`{name: array}` for ArviZ: a dict as it is, an array as `obs`, any other
+    pytree by its paths (`obs[0]`, `obs.y`)."""
+    if isinstance(values, dict) and all(isinstance(k, str) for k in values):
+        return dict(values)
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(values)[0]:
+        label = path_str(path)
+        out["obs" + ("." if label and not label.startswith("[") else "") + label] = leaf
+    return out
 
 
 class Result(eqx.Module):

@@ -277,14 +277,41 @@ def _columns(flat: Array, qs: tuple[float, ...]) -> dict[str, Array]:
 _STATS = {"is_divergent": "diverging", "acceptance_rate": "acceptance_rate"}
 
 
-def to_arviz(
-    samples: PyTree, diagnostics: dict[str, KernelDiagnostics | None], labels
-) -> Any:
-    """The `arviz.InferenceData` of a posterior."""
+def _arviz() -> Any:
+    """The ArviZ module (0.2x: `arviz`; 1.x: `arviz`, or `arviz_base` alone)."""
     try:
         import arviz as az
-    except ImportError as err:
-        raise ImportError(_NO_ARVIZ) from err
+    except ImportError:
+        try:
+            import arviz_base as az  # pyright: ignore[reportMissingImports]
+        except ImportError as err:
+            raise ImportError(_NO_ARVIZ) from err
+    return az
+
+
+def _is_arviz_1(az: Any) -> bool:
+    """ArviZ 1.x (xarray `DataTree`, `from_dict` takes a dict of groups)."""
+    major = str(getattr(az, "__version__", "0")).split(".")[0]
+    return not major.isdigit() or int(major) >= 1
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """A NumPy array, floating point as float64: ArviZ computes PSIS in the dtype
+    it is handed, and in float32 it can return `nan` for elpd_loo."""
+    x = np.asarray(x)
+    return x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x
+
+
+def to_arviz(
+    samples: PyTree,
+    diagnostics: dict[str, KernelDiagnostics | None],
+    labels,
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> Any:
+    """The `arviz.InferenceData` (ArviZ 0.2x) or `xarray.DataTree` (ArviZ 1.x) of a
+    posterior; `extra` holds further groups (`{group: {variable: array}}`, e.g.
+    `log_likelihood`, `observed_data`, `posterior_predictive`)."""
+    az = _arviz()
     chains = {k: np.asarray(v) for k, v in variables(samples, labels).items()}
     if not chains:
         raise ValueError(_EMPTY.format(fn="to_arviz", what="convert"))
@@ -315,4 +342,11 @@ def to_arviz(
         ]
         if divergent:
             stats["diverging"] = np.logical_or.reduce(divergent)
-    return az.from_dict(posterior=chains, sample_stats=stats or None)
+    groups: dict[str, dict[str, Any]] = {"posterior": chains}
+    if stats:
+        groups["sample_stats"] = stats
+    for group, values in (extra or {}).items():
+        groups[group] = {k: as_numpy(v) for k, v in values.items()}
+    if _is_arviz_1(az):
+        return az.from_dict(groups)
+    return az.from_dict(**groups)

@@ -185,11 +185,9 @@ def test_where_selects_no_inexact_array():
         eb.bayesian(model, blackjax.nuts, where=lambda m: m.count)
 
 
-def test_where_failing_or_selecting_many():
+def test_where_failing():
     with pytest.raises(ValueError, match=re.escape("calling `where` on the")):
         eb.bayesian(MODEL, blackjax.nuts, where=lambda m: m.c)
-    with pytest.raises(ValueError, match=re.escape("`where` selected 2 sub-trees")):
-        eb.bayesian(MODEL, blackjax.nuts, where=lambda m: (m.a, m.b))
 
 
 def test_overlapping_groups():
