@@ -13,6 +13,7 @@ from . import (
     initializers as initializers,
     plot as plot,
     priors as priors,
+    testing as testing,
 )
 from ._bayesian import bayesian as bayesian, BayesianLeaf as BayesianLeaf
 from ._checkpoint import load as load, save as save

@@ -122,7 +122,7 @@ class MCMCState(eqx.Module):
     adaptation: WindowAdaptationState | None
     draws: Draws
 
-    def tuning(self, num_chains: int) -> tuple[Array | None, Array | None]:
+    def tuning(self, num_chains: int) -> tuple[ArrayLike | None, ArrayLike | None]:
         """The step size `(K,)` and inverse mass matrix `(K, ...)`, one per chain
         (shared values repeated)."""
         step_size, imm = self.step_size, self.inverse_mass_matrix
