@@ -11,6 +11,7 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, PyTree
 
 from . import _mcmc
@@ -239,9 +240,9 @@ class BayesianLeaf(AbstractChainGroup):
                 )
         if solve.substeps and config.init is not None:
             raise ValueError(_SUBSTEP_INIT.format(name=self.name))
-        if solve.substeps and config.adapts:
+        if solve.substeps and (config.adapts or config.chees):
             raise ValueError(_SUBSTEP_ADAPT.format(name=self.name))
-        if config.adapts and solve.trains:
+        if (config.adapts or config.chees) and solve.trains:
             logger.warning(_ADAPT_MIXED.format(name=self.name))
         if config.num_chains > 1 and config.init_jitter == 0 and config.init is None:
             logger.warning(_SAME_START.format(name=self.name, k=config.num_chains))
@@ -253,7 +254,13 @@ class BayesianLeaf(AbstractChainGroup):
         else:
             _, diagnostics = self.state.draws.values
             fields = [f for f in DIAGNOSTIC_FIELDS if f in diagnostics]
-        if config.adapts:
+        if config.chees:
+            warm = (
+                f"warmup {config.warmup} (ChEES-HMC over the {config.num_chains} "
+                "chains: step size and jittered trajectory length, from step size "
+                f"{self._initial_step_size()})"
+            )
+        elif config.adapts:
             how = "per chain" if config.per_chain else "pooled over the chains"
             warm = (
                 f"warmup {config.warmup} (window adaptation {how}, {config.metric} "
@@ -319,7 +326,11 @@ _NEG_STEP_SIZE = (
 _ADAPT_CHOICE = (
     "`eb.bayesian(..., adapt={value!r})` for group '{name}': `adapt` is True (each "
     'chain adapts its own step size and mass matrix), "pooled" (one adaptation '
-    "shared by the chains) or False (none)."
+    'shared by the chains), "chees" (ChEES-HMC, for `blackjax.hmc`) or False '
+    "(none)."
+)
+_CHEES = (
+    "`eb.bayesian(..., kernel={kernel}, adapt=\"chees\")` for group '{name}': {why}"
 )
 _METRIC_CHOICE = (
     "`eb.bayesian(..., metric={value!r})` for group '{name}': `metric` is \"auto\", "
@@ -518,8 +529,10 @@ def bayesian(
                     _NEG_STEP_SIZE.format(value=step_size, name=group_name)
                 )
             step_size = float(step_size)
-        if not (isinstance(adapt, bool) or adapt == "pooled"):
+        if not (isinstance(adapt, bool) or adapt in ("pooled", "chees")):
             raise ValueError(_ADAPT_CHOICE.format(value=adapt, name=group_name))
+        if adapt == "chees":
+            _check_chees(spec, kernel_kwargs, metric, w, group_name)
         adapts = bool(adapt) and spec.is_hmc_family and w > 0
         if step_size is None and spec.takes_step_size and not adapts:
             if spec.is_stochastic_gradient:
@@ -541,10 +554,14 @@ def bayesian(
             )
         if step_size is not None:
             kwargs["step_size"] = step_size
-        check_kernel_kwargs(spec, kwargs, group_name)
+        # ChEES-HMC sets the number of integration steps of every transition.
+        chees = ("num_integration_steps",) if adapt == "chees" else ()
+        check_kernel_kwargs(spec, kwargs, group_name, supplied=chees)
         kwargs.pop("step_size", None)
         the_metric = _check_metric(metric, spec, kwargs, group_name)
-        jitter_fraction = _check_jitter(step_size_jitter, spec, group_name)
+        jitter_fraction = _check_jitter(
+            step_size_jitter, spec, group_name, chees=adapt == "chees"
+        )
         arrays = {}
         static = []
         for key, value in sorted(kwargs.items()):
@@ -569,7 +586,7 @@ def bayesian(
             thin=t,
             num_chains=c,
             init_jitter=jitter,
-            adapt=adapt if adapt == "pooled" else bool(adapt),
+            adapt=adapt if adapt in ("pooled", "chees") else bool(adapt),
             likelihood_scale=scale,
             step_size=step_size,
             static_kwargs=tuple(static),
@@ -606,10 +623,33 @@ def _check_metric(metric: Any, spec, kwargs: dict[str, Any], name: str) -> str:
     return metric
 
 
-def _check_jitter(jitter: Any, spec, name: str) -> float:
+def _check_chees(spec, kernel_kwargs, metric, warmup: int, name: str) -> None:
+    why = None
+    if not spec.is_hmc_family or "num_integration_steps" not in spec.parameters:
+        why = (
+            "ChEES-HMC tunes the trajectory length of fixed-length HMC, so it needs "
+            "a kernel with `num_integration_steps` (`blackjax.hmc`); NUTS chooses "
+            "its own trajectory length. Use `kernel=blackjax.hmc`, or another "
+            "`adapt=`."
+        )
+    elif "num_integration_steps" in kernel_kwargs:
+        why = (
+            "ChEES-HMC sets each transition's number of integration steps from the "
+            "trajectory length it adapts. Drop `num_integration_steps=`."
+        )
+    elif metric == "dense" or np.ndim(kernel_kwargs.get("inverse_mass_matrix", 0)) == 2:
+        why = 'ChEES-HMC works with a diagonal metric only. Drop `metric="dense"`.'
+    elif warmup == 0:
+        why = "ChEES-HMC adapts during warmup: pass `warmup=` > 0."
+    if why is not None:
+        raise ValueError(_CHEES.format(kernel=spec.name, name=name, why=why))
+
+
+def _check_jitter(jitter: Any, spec, name: str, chees: bool = False) -> float:
     """The step-size jitter fraction (`None` resolved by the kernel)."""
     if jitter is None:
-        static_length = "num_integration_steps" in spec.parameters
+        # ChEES-HMC already jitters the trajectory length.
+        static_length = "num_integration_steps" in spec.parameters and not chees
         return DEFAULT_STEP_SIZE_JITTER if static_length else 0.0
     try:
         j = float(jitter)

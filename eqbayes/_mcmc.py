@@ -18,6 +18,7 @@ from ._adaptation import (
     window_update_per_chain,
     WindowAdaptationState,
 )
+from ._chees import advance, chees_init, chees_update, CheesState, num_steps
 from ._custom_types import ArrayTree
 from ._groups import Context, Draws, Mode
 from ._kernels import info_fields, KernelSpec, position_of
@@ -80,7 +81,7 @@ class MCMCConfig:
     thin: int
     num_chains: int
     init_jitter: float
-    adapt: bool | str  # True (per chain), "pooled" or False
+    adapt: bool | str  # True (per chain), "pooled", "chees" or False
     likelihood_scale: float
     step_size: float | None
     static_kwargs: tuple[tuple[str, Any], ...]
@@ -93,7 +94,17 @@ class MCMCConfig:
     @property
     def adapts(self) -> bool:
         """Whether window adaptation runs during warmup."""
-        return bool(self.adapt) and self.kernel.is_hmc_family and self.warmup > 0
+        return (
+            bool(self.adapt)
+            and self.adapt != "chees"
+            and self.kernel.is_hmc_family
+            and self.warmup > 0
+        )
+
+    @property
+    def chees(self) -> bool:
+        """Whether ChEES-HMC tunes the step size and trajectory length."""
+        return self.adapt == "chees"
 
     @property
     def per_chain(self) -> bool:
@@ -119,7 +130,7 @@ class MCMCState(eqx.Module):
     kernel_state: ArrayTree
     step_size: Float[Array, "*chains"] | None
     inverse_mass_matrix: Float[Array, "..."] | None
-    adaptation: WindowAdaptationState | None
+    adaptation: WindowAdaptationState | CheesState | None
     draws: Draws
 
     def tuning(self, num_chains: int) -> tuple[ArrayLike | None, ArrayLike | None]:
@@ -242,6 +253,8 @@ def init_state(
         )
         imm = arrays.get("inverse_mass_matrix", identity)
     kwargs = _kernel_kwargs(config, step_size, imm, arrays)
+    if config.chees:  # set per transition; any value builds the kernel
+        kwargs["num_integration_steps"] = 1
 
     def init_one(others_k, position, key_k):
         algorithm, _ = _algorithm(spec, logdensity_for(others_k), kwargs)
@@ -254,6 +267,9 @@ def init_state(
     if config.adapts:
         assert step_size is not None and imm is not None
         adaptation = window_init(one, step_size, imm, config.warmup, adapt_mass_matrix)
+    if config.chees:
+        assert step_size is not None
+        adaptation = chees_init(step_size)
     if config.per_chain:  # each chain starts its own adaptation from the same values
         assert step_size is not None and imm is not None
         k = config.num_chains
@@ -282,6 +298,33 @@ def init_state(
     return MCMCState(kernel_state, step_size, imm, adaptation, draws)
 
 
+def _chees_step(config, state, ctx, proposal, initial, info) -> MCMCState:
+    """ChEES's update after a warmup transition; after warmup, the next jitter."""
+
+    def adapt(s):
+        adaptation, step_size = chees_update(
+            s.adaptation,
+            ctx.step == config.warmup - 1,
+            proposal,
+            initial,
+            info["acceptance_rate"],
+            info["is_divergent"],
+            s.inverse_mass_matrix,
+        )
+        return eqx.tree_at(
+            lambda x: (x.adaptation, x.step_size), s, (adaptation, step_size)
+        )
+
+    def next_jitter(s):
+        return eqx.tree_at(lambda x: x.adaptation, s, advance(s.adaptation))
+
+    if ctx.mode is Mode.WARMUP:
+        return adapt(state)
+    if ctx.mode is Mode.DRAWS:
+        return next_jitter(state)
+    return jax.lax.cond(ctx.step < config.warmup, adapt, next_jitter, state)
+
+
 def step_state(
     config: MCMCConfig,
     arrays: dict[str, Array],
@@ -306,9 +349,13 @@ def step_state(
     # Per-chain tuning travels with the chains; shared tuning is closed over.
     tuning = (state.step_size, state.inverse_mass_matrix)
     batched = tuning if config.per_chain else ()
+    fixed = {}
+    if config.chees:  # this transition's jittered number of integration steps
+        assert isinstance(state.adaptation, CheesState)
+        fixed["num_integration_steps"] = num_steps(state.adaptation, state.step_size)
 
     def one_chain(others_k, kernel_state, key_k, *tuning_k):
-        kwargs = _kernel_kwargs(config, *(tuning_k or tuning), arrays)
+        kwargs = {**_kernel_kwargs(config, *(tuning_k or tuning), arrays), **fixed}
         if config.step_size_jitter > 0:
             jitter_key, key_k = jr.split(key_k)
             kwargs = _jittered(kwargs, config.step_size_jitter, jitter_key)
@@ -317,14 +364,23 @@ def step_state(
         if ctx.refresh and not spec.is_stochastic_gradient:
             position = position_of(kernel_state, spec, name)
             kernel_state = algorithm.init(position)
-        return _step_kernel(spec, algorithm, step_kwargs, key_k, kernel_state)
+        if config.chees:  # ChEES reads the proposal (end of the trajectory)
+            new_state, info = algorithm.step(key_k, kernel_state)
+            proposal = (info.proposal.position, info.proposal.momentum)
+            return (new_state, info_fields(info)), proposal
+        return _step_kernel(spec, algorithm, step_kwargs, key_k, kernel_state), ()
 
     # One chain uses the group's key as it is (a split costs a hash per step).
     key = ctx.key
     assert key is not None
     keys = jr.split(key, config.num_chains) if config.num_chains > 1 else key[None]
-    kernel_state, info = ctx.over_chains(one_chain, state.kernel_state, keys, *batched)
+    initial = position_of(state.kernel_state, spec, name)
+    (kernel_state, info), proposal = ctx.over_chains(
+        one_chain, state.kernel_state, keys, *batched
+    )
     state = eqx.tree_at(lambda s: s.kernel_state, state, kernel_state)
+    if config.chees:
+        state = _chees_step(config, state, ctx, proposal, initial, info)
 
     if config.adapts and ctx.mode is not Mode.DRAWS:
 

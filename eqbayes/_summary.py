@@ -144,7 +144,8 @@ def _spread(values: Any) -> str:
 
 
 def _tuning(diagnostics: KernelDiagnostics) -> list[str]:
-    """The step size and the inverse mass matrix's diagonal (range over chains)."""
+    """The step size (its range over the chains) and the range of the inverse
+    mass matrix's diagonal entries (over components and chains)."""
     parts = []
     if diagnostics.step_size is not None:
         parts.append(f"step size {_spread(diagnostics.step_size)}")
@@ -152,7 +153,8 @@ def _tuning(diagnostics: KernelDiagnostics) -> list[str]:
     if imm is not None:
         kind = "dense" if imm.ndim == 3 else "diagonal"
         diagonal = jnp.diagonal(imm, axis1=1, axis2=2) if imm.ndim == 3 else imm
-        parts.append(f"{kind} inverse mass matrix, diagonal {_spread(diagonal)}")
+        lo, hi = float(jnp.min(diagonal)), float(jnp.max(diagonal))
+        parts.append(f"{kind} inverse mass matrix, diagonal entries {lo:.3g}–{hi:.3g}")
     return parts
 
 

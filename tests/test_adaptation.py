@@ -149,7 +149,7 @@ def test_log_lines_show_the_tuning(caplog):
     text = caplog.text
     assert "window adaptation per chain, dense metric, from step size 1" in text
     assert re.search(r"step size [0-9.e-]+–[0-9.e-]+ over the chains", text)
-    assert "dense inverse mass matrix, diagonal" in text
+    assert "dense inverse mass matrix, diagonal entries" in text
     caplog.clear()
     model = _marked(blackjax.hmc, warmup=30, keep=10, num_integration_steps=3)
     with caplog.at_level(logging.INFO, logger="eqbayes"):
@@ -182,3 +182,74 @@ def test_bad_settings_are_named(kwargs, match):
     kernel = kwargs.pop("kernel", blackjax.nuts)
     with pytest.raises(ValueError, match=re.escape(match)):
         _marked(kernel, **kwargs)
+
+
+def _chees(**kwargs):
+    """ChEES-HMC on the quickstart problem, with the posterior's variances as the
+    (fixed) inverse mass matrix."""
+    _, cov = exact_posterior(*DATA)
+    settings = dict(
+        adapt="chees",
+        num_chains=16,
+        warmup=300,
+        keep=300,
+        inverse_mass_matrix=jnp.asarray(np.diag(cov), jnp.float32),
+    )
+    settings.update(kwargs)
+    return _marked(blackjax.hmc, **settings)
+
+
+def test_chees_hmc_is_exact():
+    """`adapt="chees"`: one step size for all chains, a jittered number of
+    integration steps per transition, exact moments."""
+    mean, cov = exact_posterior(*DATA)
+    result = _run(_chees())
+    diagnostics = result.posterior.diagnostics["Coefficients"]
+    assert len(np.unique(np.asarray(diagnostics.step_size))) == 1
+    steps = np.asarray(diagnostics.num_integration_steps)
+    assert len(np.unique(steps)) > 1 and np.all(steps == steps[:1])  # shared jitter
+    samples = result.posterior.samples
+    sd = np.sqrt(np.diag(cov))
+    check_moments(samples.a, float(mean[0]), float(sd[0]))
+    check_moments(samples.b, float(mean[1]), float(sd[1]))
+
+
+def test_chees_resumes_bitwise(tmp_path):
+    """The ChEES state is part of the saved state: a solve saved mid-warmup
+    continues with the same bits."""
+    from conftest import tree_equal
+
+    model = _chees(num_chains=4, warmup=20, keep=10)
+    solver = eb.Solver(mse, progress=False)
+    state = solver.init(model, key=jr.key(1), args=DATA)
+    like = solver.init(model, key=jr.key(2), args=DATA)
+    for _ in range(7):
+        state = solver.step(state, args=DATA)
+    eb.save(tmp_path / "state.eqx", state)
+    resumed = solver.run(
+        model,
+        key=jr.key(1),
+        args=DATA,
+        state=eb.load(tmp_path / "state.eqx", like=like),
+    )
+    full = solver.run(model, key=jr.key(1), args=DATA)
+    assert tree_equal(resumed.posterior.samples, full.posterior.samples)
+    assert tree_equal(resumed.posterior.diagnostics, full.posterior.diagnostics)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(kernel=blackjax.nuts), "NUTS chooses its own trajectory length"),
+        (
+            dict(num_integration_steps=10),
+            "Drop `num_integration_steps=`.",
+        ),
+        (dict(metric="dense"), "works with a diagonal metric only"),
+        (dict(warmup=0, step_size=0.01), "pass `warmup=` > 0"),
+    ],
+)
+def test_bad_chees_settings_are_named(kwargs, match):
+    kernel = kwargs.pop("kernel", blackjax.hmc)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        _marked(kernel, adapt="chees", **kwargs)
