@@ -14,6 +14,8 @@ kernels' `num_integration_steps`), and reports
   diagonal metric);
 - `eqbayes pooled`: `adapt="pooled"`;
 - `eqbayes dense`: `metric="dense"` (per chain);
+- `eqbayes ChEES-HMC`: `blackjax.hmc` with `adapt="chees"` (step size, jittered
+  trajectory length and a diagonal mass matrix shared by the 4 chains);
 - `numpyro`: `numpyro.infer.NUTS(potential_fn=...)` on the same log density, its
   defaults (diagonal metric, each chain adapted on its own), `chain_method=
   "vectorized"`.
@@ -22,7 +24,7 @@ eqbayes's warmup work is counted by a kernel wrapper that adds each transition's
 `num_integration_steps` to a counter carried in the kernel state.
 
     python benchmarks/adaptation_efficiency.py
-    python benchmarks/adaptation_efficiency.py --keys 0 1 --posteriors kidiq-kidscore_momiq
+    python benchmarks/adaptation_efficiency.py --keys 0 --rows numpyro
 """
 
 import argparse
@@ -48,20 +50,33 @@ class CountedState(NamedTuple):
     gradients: Any  # integration steps so far, warmup included
 
 
-def counted_nuts(logdensity_fn, step_size, inverse_mass_matrix):
-    """`blackjax.nuts` whose state counts its integration steps."""
-    nuts = blackjax.nuts(logdensity_fn, step_size, inverse_mass_matrix)
+def _counted(algorithm):
+    """`algorithm` whose state counts its integration steps."""
 
     def init(position):
-        inner = nuts.init(position)
+        inner = algorithm.init(position)
         return CountedState(inner.position, inner, jnp.zeros((), jnp.int64))
 
     def step(key, state):
-        inner, info = nuts.step(key, state.inner)
+        inner, info = algorithm.step(key, state.inner)
         count = state.gradients + info.num_integration_steps
         return CountedState(inner.position, inner, count), info
 
     return blackjax.base.SamplingAlgorithm(init, step)
+
+
+def counted_nuts(logdensity_fn, step_size, inverse_mass_matrix):
+    """`blackjax.nuts`, counting its integration steps."""
+    return _counted(blackjax.nuts(logdensity_fn, step_size, inverse_mass_matrix))
+
+
+def counted_hmc(logdensity_fn, step_size, inverse_mass_matrix, num_integration_steps):
+    """`blackjax.hmc`, counting its integration steps."""
+    return _counted(
+        blackjax.hmc(
+            logdensity_fn, step_size, inverse_mass_matrix, num_integration_steps
+        )
+    )
 
 
 SETTINGS = dict(num_chains=4, warmup=1000, keep=1000, init_jitter=0.1)
@@ -69,6 +84,7 @@ VARIANTS = {
     "eqbayes per-chain": {},
     "eqbayes pooled": {"adapt": "pooled"},
     "eqbayes dense": {"metric": "dense"},
+    "eqbayes ChEES-HMC": {"adapt": "chees", "kernel": counted_hmc},
 }
 
 
@@ -77,9 +93,10 @@ def run_eqbayes(name: str, key: int, options: dict) -> tuple[float, float]:
     post = pdb.POSTERIORS[name]
     with jax.enable_x64(True):
         data = pdb.load_data(name)
+        options = dict(options)
         model = eb.bayesian(
             post.init(data),
-            counted_nuts,
+            options.pop("kernel", counted_nuts),
             prior=lambda position: jnp.zeros((), jnp.float64),
             name="posterior",
             **SETTINGS,
@@ -139,8 +156,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--posteriors", nargs="+", default=list(pdb.POSTERIOR_NAMES))
+    parser.add_argument("--rows", nargs="+", default=[*VARIANTS, "numpyro"])
     args = parser.parse_args()
-    rows = [*VARIANTS, "numpyro"]
+    rows = args.rows
     table = {}
     for name in args.posteriors:
         for row in rows:

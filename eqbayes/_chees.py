@@ -8,20 +8,25 @@ the step size (dual averaging of the chains' harmonic-mean acceptance rate towar
 0.651) and the trajectory length T (Adam on the ChEES criterion). Each transition,
 in warmup and after it, is fixed-length HMC with `ceil(u · T / step_size)`
 integration steps, u from a Halton sequence shared by the chains (blackjax's
-jittered "dynamic HMC"). The inverse mass matrix is not adapted (the identity, or
-the one given), as in blackjax's default.
+jittered "dynamic HMC"). Unless one is given, a diagonal inverse mass matrix is
+estimated from every chain's positions over the second half of the warmup and used
+once it has 64 draws (blackjax's `mass_matrix_estimation="diagonal"`).
 """
 
 from typing import Any
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import optax
 from blackjax.adaptation.chees_adaptation import (
+    _diagonal_mass_matrix_or_fallback,
+    _mass_matrix_engagement_threshold,
     base,
     OPTIMAL_TARGET_ACCEPTANCE_RATE,
 )
+from blackjax.adaptation.mass_matrix import welford_algorithm
 from blackjax.mcmc.dynamic_hmc import halton_sequence
 from jaxtyping import Array, Bool, Float, Int
 
@@ -36,9 +41,13 @@ _MAX_BITS = 30  # the Halton sequence's resolution (int32 counter)
 
 
 class CheesState(eqx.Module):
-    """blackjax's `ChEESAdaptationState` (arrays), shared by a group's chains."""
+    """blackjax's `ChEESAdaptationState` (arrays), shared by a group's chains, and
+    the pooled Welford estimate of the diagonal inverse mass matrix (None when
+    the matrix is given)."""
 
     inner: Any
+    welford: Any
+    window_start: int = eqx.field(static=True)
 
 
 def _jitter(counter: Int[Array, ""]) -> Float[Array, ""]:
@@ -58,7 +67,9 @@ def _update_fn():
     )
 
 
-def chees_init(step_size: Float[Array, ""]) -> CheesState:
+def chees_init(
+    step_size: Float[Array, ""], num_dim: int, warmup: int, estimate: bool
+) -> CheesState:
     init, _ = _update_fn()
     dtype = step_size.dtype
     with jax.numpy_dtype_promotion("standard"):
@@ -70,7 +81,11 @@ def chees_init(step_size: Float[Array, ""]) -> CheesState:
         da_state=jax.tree.map(lambda x: jnp.asarray(x, dtype), inner.da_state),
         step=jnp.ones((), dtype),
     )
-    return CheesState(inner)
+    welford = None
+    if estimate:
+        wc_init, _, _ = welford_algorithm(is_diagonal_matrix=True)
+        welford = jax.tree.map(lambda x: jnp.asarray(x, dtype), wc_init(num_dim))
+    return CheesState(inner, welford, warmup // 2)
 
 
 def num_steps(state: CheesState, step_size: Float[Array, ""]) -> Int[Array, ""]:
@@ -83,19 +98,22 @@ def num_steps(state: CheesState, step_size: Float[Array, ""]) -> Int[Array, ""]:
 
 def chees_update(
     state: CheesState,
+    step: Int[Array, ""],
     is_last: Bool[Array, ""],
     proposed: tuple[ArrayTree, ArrayTree],
     initial_positions: ArrayTree,
+    positions: ArrayTree,
     acceptance_rate: Float[Array, " chains"],
     is_divergent: Bool[Array, " chains"],
     inverse_mass_matrix: Float[Array, " d"],
-) -> tuple[CheesState, Float[Array, ""]]:
-    """One ChEES update from every chain's transition; returns the new state and
-    the step size of the next transition. At the last warmup step, the step size
-    and the trajectory length become their moving averages (kept from then on)."""
+) -> tuple[CheesState, Float[Array, ""], Float[Array, " d"]]:
+    """One ChEES update from every chain's transition (`positions` are the chains'
+    new positions); returns the new state and the step size and inverse mass
+    matrix of the next transition. At the last warmup step, the step size and the
+    trajectory length become their moving averages (kept from then on)."""
     _, update = _update_fn()
-    (position, momentum), initial, acceptance_rate, is_divergent = gathered(
-        (proposed, initial_positions, acceptance_rate, is_divergent)
+    (position, momentum), initial, positions, acceptance_rate, is_divergent = gathered(
+        (proposed, initial_positions, positions, acceptance_rate, is_divergent)
     )
     dtype = acceptance_rate.dtype
     # blackjax mixes ints and floats, and broadcasts ranks.
@@ -120,12 +138,29 @@ def chees_update(
             is_last, final_length, inner.trajectory_length
         ).astype(dtype),
     )
-    return CheesState(inner), inner.step_size
+    welford = state.welford
+    if welford is not None:
+        _, wc_update, _ = welford_algorithm(is_diagonal_matrix=True)
+        flat = jax.vmap(lambda p: jax.flatten_util.ravel_pytree(p)[0])(positions)
+
+        def fold(w):
+            return jax.lax.fori_loop(
+                0, flat.shape[0], lambda i, w: wc_update(w, flat[i]), w
+            )
+
+        welford = jax.lax.cond(step >= state.window_start, fold, lambda w: w, welford)
+        num_dim = flat.shape[1]
+        with jax.numpy_dtype_promotion("standard"):
+            estimate = _diagonal_mass_matrix_or_fallback(
+                welford, _mass_matrix_engagement_threshold(num_dim), num_dim
+            )
+        inverse_mass_matrix = estimate.astype(inverse_mass_matrix.dtype)
+    new = CheesState(inner, welford, state.window_start)
+    return new, inner.step_size, inverse_mass_matrix
 
 
 def advance(state: CheesState) -> CheesState:
     """After warmup: the next Halton point for the next transition."""
     inner = state.inner
-    return CheesState(
-        inner._replace(random_generator_arg=inner.random_generator_arg + 1)
-    )
+    inner = inner._replace(random_generator_arg=inner.random_generator_arg + 1)
+    return CheesState(inner, state.welford, state.window_start)

@@ -269,7 +269,9 @@ def init_state(
         adaptation = window_init(one, step_size, imm, config.warmup, adapt_mass_matrix)
     if config.chees:
         assert step_size is not None
-        adaptation = chees_init(step_size)
+        # A given inverse mass matrix (the user's, an initializer's) is kept.
+        estimate = adapt_mass_matrix and "inverse_mass_matrix" not in arrays
+        adaptation = chees_init(step_size, flat.size, config.warmup, estimate)
     if config.per_chain:  # each chain starts its own adaptation from the same values
         assert step_size is not None and imm is not None
         k = config.num_chains
@@ -298,21 +300,25 @@ def init_state(
     return MCMCState(kernel_state, step_size, imm, adaptation, draws)
 
 
-def _chees_step(config, state, ctx, proposal, initial, info) -> MCMCState:
+def _chees_step(config, state, ctx, proposal, initial, info, name) -> MCMCState:
     """ChEES's update after a warmup transition; after warmup, the next jitter."""
 
     def adapt(s):
-        adaptation, step_size = chees_update(
+        adaptation, step_size, imm = chees_update(
             s.adaptation,
+            ctx.step,
             ctx.step == config.warmup - 1,
             proposal,
             initial,
+            position_of(s.kernel_state, config.kernel, name),
             info["acceptance_rate"],
             info["is_divergent"],
             s.inverse_mass_matrix,
         )
         return eqx.tree_at(
-            lambda x: (x.adaptation, x.step_size), s, (adaptation, step_size)
+            lambda x: (x.adaptation, x.step_size, x.inverse_mass_matrix),
+            s,
+            (adaptation, step_size, imm),
         )
 
     def next_jitter(s):
@@ -380,7 +386,7 @@ def step_state(
     )
     state = eqx.tree_at(lambda s: s.kernel_state, state, kernel_state)
     if config.chees:
-        state = _chees_step(config, state, ctx, proposal, initial, info)
+        state = _chees_step(config, state, ctx, proposal, initial, info, name)
 
     if config.adapts and ctx.mode is not Mode.DRAWS:
 

@@ -253,3 +253,18 @@ def test_bad_chees_settings_are_named(kwargs, match):
     kernel = kwargs.pop("kernel", blackjax.hmc)
     with pytest.raises(ValueError, match=re.escape(match)):
         _marked(kernel, adapt="chees", **kwargs)
+
+
+def test_chees_estimates_a_diagonal_metric():
+    """Without a given inverse mass matrix, ChEES-HMC estimates a diagonal one
+    from every chain's draws in the second half of the warmup."""
+    mean, cov = exact_posterior(*DATA)
+    model = _marked(blackjax.hmc, adapt="chees", num_chains=16, warmup=400, keep=300)
+    result = _run(model)
+    imm = np.asarray(result.posterior.diagnostics["Coefficients"].inverse_mass_matrix)
+    ratio = imm / np.diag(cov)
+    assert np.all((ratio > 0.7) & (ratio < 1.4)), ratio  # 16 x 200 pooled draws
+    samples = result.posterior.samples
+    sd = np.sqrt(np.diag(cov))
+    check_moments(samples.a, float(mean[0]), float(sd[0]))
+    check_moments(samples.b, float(mean[1]), float(sd[1]))
