@@ -442,9 +442,14 @@ def bayesian(
         chain's draws feed the mass matrix); each window then sees K times the
         draws, which pays with many chains (on an accelerator), but a shared step
         size can lock every chain of fixed-length HMC into the same near-periodic
-        orbit. `False`: no adaptation; pass `step_size=`. The adapted values are
-        in `result.posterior.diagnostics[name].step_size` and
-        `.inverse_mass_matrix`, one per chain.
+        orbit. `"chees"`: ChEES-HMC for `blackjax.hmc` (one step size and one
+        jittered trajectory length for all chains, tuned from the whole
+        ensemble, for many chains on an accelerator; eqbayes sets
+        `num_integration_steps`, so do not pass it). `False`: no adaptation;
+        pass `step_size=`. The adapted values are in
+        `result.posterior.diagnostics[name].step_size` and
+        `.inverse_mass_matrix`, one per chain. The guide "Choosing and tuning a
+        kernel" says more.
     - `metric`: the inverse mass matrix that the adaptation estimates: `"diag"`
         (the posterior variances), `"dense"` (the full covariance: much better on
         correlated posteriors, O(d²) per leapfrog step and O(d³) per adaptation
