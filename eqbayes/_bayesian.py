@@ -263,8 +263,9 @@ class BayesianLeaf(AbstractChainGroup):
         elif config.adapts:
             how = "per chain" if config.per_chain else "pooled over the chains"
             warm = (
-                f"warmup {config.warmup} (window adaptation {how}, {config.metric} "
-                f"metric, from step size {self._initial_step_size()})"
+                f"warmup {config.warmup} (window adaptation {how}, "
+                f"{'dense' if config.metric == 'dense' else 'diagonal'} metric, "
+                f"from step size {self._initial_step_size()})"
             )
         elif config.adapt and config.warmup > 0 and not config.kernel.is_hmc_family:
             warm = (
