@@ -269,8 +269,8 @@ class BayesianLeaf(AbstractChainGroup):
             )
         elif config.adapt and config.warmup > 0 and not config.kernel.is_hmc_family:
             warm = (
-                f"warmup {config.warmup} (discarded; adapt=True is ignored: only "
-                "HMC-family kernels are adapted)"
+                f"warmup {config.warmup} (discarded; adapt={config.adapt!r} is "
+                "ignored: only HMC-family kernels are adapted)"
             )
         else:
             warm = f"warmup {config.warmup} (discarded)"
