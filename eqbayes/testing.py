@@ -162,8 +162,10 @@ def sbc(
         usually `eb.Solver(loss).run(model, key=key, args=data).posterior.samples`
         of a marked model. The fit may be any kernel, VI, or anything else.
     - `key`: a `jax.random.key`.
-    - `num_simulations`: rounds; 200 detects a sd off by 20 % with high
-        probability.
+    - `num_simulations`: rounds. The test's power grows with it: on a
+        two-parameter regression, 200 rounds flagged posterior draws whose sd was
+        20 % off in about half of the trials and 30 % too wide in 4 of 5; smaller
+        errors need more rounds.
     - `num_draws`: L, the draws each rank is taken among.
     - `num_bins`: histogram bins; `num_draws + 1` must be a multiple of it.
 
