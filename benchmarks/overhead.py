@@ -160,6 +160,11 @@ def build(case: str, side: str, s: Settings) -> Callable[[jax.Array], Any]:
             num_chains=c["num_chains"],
             likelihood_scale=scale,
             name="group",
+            # The same algorithm as the hand-written side: each chain adapted on
+            # its own (eqbayes's default), and no step-size jitter (on by default
+            # for fixed-length HMC, absent from the hand-written program).
+            adapt=True,
+            step_size_jitter=0.0,
             **c["kernel_kwargs"],
         )
         solver = eb.Solver(c["loss"], progress=False)

@@ -14,6 +14,7 @@ from . import (
     nn as nn,
     plot as plot,
     priors as priors,
+    testing as testing,
 )
 from ._bayesian import bayesian as bayesian, BayesianLeaf as BayesianLeaf
 from ._checkpoint import load as load, save as save

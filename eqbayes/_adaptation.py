@@ -1,15 +1,16 @@
-"""Stan's window adaptation, one solver step at a time, shared by all chains.
+"""Stan's window adaptation, one solver step at a time.
 
 Blackjax's `window_adaptation` runs the whole warmup in one `lax.scan`. eqbayes
 needs it stepped: a group warms up inside the solver's step (so that several groups,
-manual `Solver.step` loops and chunked runs all see the same sequence), and its
-K chains share one step size and one inverse mass matrix. This module composes
-blackjax's own building blocks (dual averaging, Welford mass-matrix estimation and
-Stan's schedule) into an `init / update / final` triple over a pytree state.
+manual `Solver.step` loops and chunked runs all see the same sequence). This module
+composes blackjax's own building blocks (dual averaging, Welford mass-matrix
+estimation and Stan's schedule) into an `init / update` pair over a pytree state.
 
-With K chains, the dual averaging sees the chains' mean acceptance rate and the
-mass-matrix estimator sees every chain's position: the pooled estimate of the
-single adaptation sweep that the chains share.
+`window_update` takes the positions and acceptance rates of n chains: with n = K
+(`adapt="pooled"`), the dual averaging sees the chains' mean acceptance rate and the
+mass-matrix estimator sees every chain's position, the pooled estimate of one
+adaptation sweep that the chains share; `adapt=True` runs one state per chain
+(`window_update_per_chain`), as Stan and NumPyro do.
 """
 
 from typing import Any
@@ -24,14 +25,15 @@ from blackjax.adaptation.step_size import dual_averaging_adaptation
 from jaxtyping import Array, Float, Int
 
 from ._custom_types import ArrayTree
-from ._sharding import gathered
+from ._sharding import gathered, over_chains
 
 
 TARGET_ACCEPTANCE_RATE = 0.8
 
 
 class WindowAdaptationState(eqx.Module):
-    """Shared step-size and mass-matrix adaptation of one group's chains."""
+    """Step-size and mass-matrix adaptation of one group's chains (one state
+    shared by the chains, or one per chain stacked on a leading chain axis)."""
 
     ss_state: Any  # blackjax DualAveragingAdaptationState
     imm_state: Any  # blackjax MassMatrixAdaptationState
@@ -88,7 +90,7 @@ def window_update(
     positions: ArrayTree,
     acceptance_rate: Float[Array, " chains"],
 ) -> tuple[WindowAdaptationState, Float[Array, ""], Float[Array, "..."]]:
-    """Moves the adaptation one step after the chains have made a transition.
+    """Moves the shared adaptation one step after the chains have made a transition.
 
     **Arguments:**
 
@@ -102,11 +104,31 @@ def window_update(
     The new state, and the step size and inverse mass matrix for the next step.
     At the last warmup step these are the final, averaged values.
     """
+    # With sharded chains: reduce them on every device in one device's order.
+    positions, acceptance_rate = gathered((positions, acceptance_rate))
+    return _update(state, step, positions, acceptance_rate)
+
+
+def window_update_per_chain(
+    state: WindowAdaptationState,
+    step: Int[Array, ""],
+    positions: ArrayTree,
+    acceptance_rate: Float[Array, " chains"],
+) -> tuple[WindowAdaptationState, Float[Array, " chains"], Float[Array, "chains ..."]]:
+    """`window_update` of each chain's own state (every leaf of `state` has the
+    chain axis first): K independent adaptations, each device its own chains."""
+
+    def one(state_k, position_k, acceptance_rate_k):
+        position_k = jax.tree.map(lambda x: x[None], position_k)
+        return _update(state_k, step, position_k, acceptance_rate_k[None])
+
+    return over_chains(one, state, positions, acceptance_rate)
+
+
+def _update(state, step, positions, acceptance_rate):
     (_, mm_update, mm_final), (da_init, da_update, da_final) = _blocks(
         state.is_diagonal
     )
-    # With sharded chains: reduce them on every device in one device's order.
-    positions, acceptance_rate = gathered((positions, acceptance_rate))
     stage, window_end = state.schedule[step, 0], state.schedule[step, 1]
     ss_state = da_update(state.ss_state, jnp.mean(acceptance_rate))
 

@@ -11,6 +11,7 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, PyTree
 
 from . import _mcmc
@@ -29,6 +30,9 @@ from .initializers import check_initializer, run_initializer
 
 
 logger = logging.getLogger("eqbayes")
+
+# The default step-size jitter of kernels with a fixed number of integration steps.
+DEFAULT_STEP_SIZE_JITTER = 0.2
 
 _INIT_IMM_SHAPE = (
     "The initializer `{init}` of group '{name}' returned an inverse mass matrix of "
@@ -112,9 +116,14 @@ class BayesianLeaf(AbstractChainGroup):
         return position_of(self.state.kernel_state, self.config.kernel, self.name)
 
     def chain_axes(self):
-        return chain_flags(
-            self, lambda g: g.state.kernel_state, lambda g: g.state.draws
-        )
+        parts = [lambda g: g.state.kernel_state, lambda g: g.state.draws]
+        if self.config.per_chain:  # each chain's own step size, metric, adaptation
+            parts += [
+                lambda g: g.state.step_size,
+                lambda g: g.state.inverse_mass_matrix,
+                lambda g: g.state.adaptation,
+            ]
+        return chain_flags(self, *parts)
 
     def _logdensity_for(self, ctx: Context, *, minibatch: bool):
         """`others_k -> (theta -> log density at chain k)`."""
@@ -209,8 +218,14 @@ class BayesianLeaf(AbstractChainGroup):
     def result(self, ctx):
         assert self.state is not None
         samples, diagnostics = self.state.draws.kept(int(ctx.step))
+        if not diagnostics:
+            return GroupResult(samples, None)
+        step_size, imm = self.state.tuning(self.config.num_chains)
         return GroupResult(
-            samples, KernelDiagnostics(**diagnostics) if diagnostics else None
+            samples,
+            KernelDiagnostics(
+                **diagnostics, step_size=step_size, inverse_mass_matrix=imm
+            ),
         )
 
     def check(self, solve: Solve) -> None:
@@ -225,9 +240,9 @@ class BayesianLeaf(AbstractChainGroup):
                 )
         if solve.substeps and config.init is not None:
             raise ValueError(_SUBSTEP_INIT.format(name=self.name))
-        if solve.substeps and config.adapts:
+        if solve.substeps and (config.adapts or config.chees):
             raise ValueError(_SUBSTEP_ADAPT.format(name=self.name))
-        if config.adapts and solve.trains:
+        if (config.adapts or config.chees) and solve.trains:
             logger.warning(_ADAPT_MIXED.format(name=self.name))
         if config.num_chains > 1 and config.init_jitter == 0 and config.init is None:
             logger.warning(_SAME_START.format(name=self.name, k=config.num_chains))
@@ -239,15 +254,30 @@ class BayesianLeaf(AbstractChainGroup):
         else:
             _, diagnostics = self.state.draws.values
             fields = [f for f in DIAGNOSTIC_FIELDS if f in diagnostics]
-        if config.adapts:
-            warm = f"warmup {config.warmup} (window adaptation)"
+        if config.chees:
+            warm = (
+                f"warmup {config.warmup} (ChEES-HMC over the {config.num_chains} "
+                "chains: step size and jittered trajectory length, from step size "
+                f"{self._initial_step_size()})"
+            )
+        elif config.adapts:
+            how = "per chain" if config.per_chain else "pooled over the chains"
+            warm = (
+                f"warmup {config.warmup} (window adaptation {how}, "
+                f"{'dense' if config.metric == 'dense' else 'diagonal'} metric, "
+                f"from step size {self._initial_step_size()})"
+            )
         elif config.adapt and config.warmup > 0 and not config.kernel.is_hmc_family:
             warm = (
-                f"warmup {config.warmup} (discarded; adapt=True is ignored: only "
-                "HMC-family kernels are adapted)"
+                f"warmup {config.warmup} (discarded; adapt={config.adapt!r} is "
+                "ignored: only HMC-family kernels are adapted)"
             )
         else:
             warm = f"warmup {config.warmup} (discarded)"
+            if config.kernel.takes_step_size:
+                warm += f", step size {self._initial_step_size()}"
+        if config.step_size_jitter > 0:
+            warm += f", step size jittered by ±{config.step_size_jitter:.0%}"
         if config.kernel.is_stochastic_gradient:
             recorded = "none (stochastic-gradient kernels report no info)"
         elif fields is None:
@@ -262,6 +292,11 @@ class BayesianLeaf(AbstractChainGroup):
             f"{self._describe_init()}{warm}, keep {config.keep}, thin {config.thin}; "
             f"diagnostics: {recorded}"
         )
+
+    def _initial_step_size(self) -> str:
+        if self.state is not None and self.state.step_size is not None:
+            return f"{float(jnp.ravel(self.state.step_size)[0]):.4g}"
+        return "1" if self.config.step_size is None else f"{self.config.step_size:.4g}"
 
     def _describe_init(self) -> str:
         init = self.config.init
@@ -289,6 +324,38 @@ _NEG_STEP_SIZE = (
     "`eb.bayesian(..., step_size={value!r})` for group '{name}': the step size must "
     "be a positive finite number, e.g. `step_size=1e-2`."
 )
+_ADAPT_CHOICE = (
+    "`eb.bayesian(..., adapt={value!r})` for group '{name}': `adapt` is True (each "
+    'chain adapts its own step size and mass matrix), "pooled" (one adaptation '
+    'shared by the chains), "chees" (ChEES-HMC, for `blackjax.hmc`) or False '
+    "(none)."
+)
+_CHEES = (
+    "`eb.bayesian(..., kernel={kernel}, adapt=\"chees\")` for group '{name}': {why}"
+)
+_METRIC_CHOICE = (
+    "`eb.bayesian(..., metric={value!r})` for group '{name}': `metric` is \"auto\", "
+    '"diag" or "dense".'
+)
+_METRIC_KERNEL = (
+    "`eb.bayesian(..., kernel={kernel}, metric={value!r})` for group '{name}': this "
+    "kernel takes no inverse mass matrix. Drop `metric=`."
+)
+_METRIC_IMM = (
+    "`eb.bayesian(..., metric={value!r}, inverse_mass_matrix=...)` for group "
+    "'{name}': the given inverse mass matrix is {ndim}-D, but a {value} metric is "
+    "{want}-D. Pass a matching matrix, or drop `metric=` (its kind then follows "
+    "the matrix)."
+)
+_JITTER_RANGE = (
+    "`eb.bayesian(..., step_size_jitter={value!r})` for group '{name}': the jitter "
+    "is a fraction 0 <= j < 1 of the step size (each transition's step size is "
+    "drawn from step_size·[1 - j, 1 + j]); `step_size_jitter=0.0` turns it off."
+)
+_JITTER_KERNEL = (
+    "`eb.bayesian(..., kernel={kernel}, step_size_jitter={value!r})` for group "
+    "'{name}': {why} Drop `step_size_jitter=`."
+)
 _NEED_STEP_SIZE = (
     "`eb.bayesian(..., kernel={kernel})` for group '{name}' needs `step_size=`: "
     "{why} Pass e.g. `step_size=1e-2`."
@@ -312,10 +379,12 @@ def bayesian(
     thin: int = 1,
     num_chains: int = 1,
     init_jitter: float = 0.0,
-    adapt: bool = True,
+    adapt: bool | str = True,
     likelihood_scale: float = 1.0,
     init: Any = None,
     name: str | None = None,
+    metric: str = "auto",
+    step_size_jitter: float | None = None,
     **kernel_kwargs: Any,
 ) -> PyTree:
     r"""Marks a sub-tree of `model` to be sampled by a blackjax MCMC kernel.
@@ -358,16 +427,45 @@ def bayesian(
     - `prior`: a callable `position -> log density`, seeing only this group's
         position; `None` means `eb.priors.gaussian(10.0)`.
     - `warmup`: solver steps spent warming up before any draw is kept. For
-        HMC-family kernels (NUTS, HMC) with `adapt=True`, window adaptation tunes
-        the step size and a diagonal inverse mass matrix during these steps (dense
-        when you pass a 2-D `inverse_mass_matrix`); otherwise they are discarded.
+        HMC-family kernels (NUTS, HMC) with `adapt` on, Stan's window adaptation
+        tunes the step size and the inverse mass matrix (see `metric`) during these
+        steps; otherwise they are discarded.
     - `keep`: draws to keep per chain.
     - `thin`: keep one draw every `thin` post-warmup steps.
     - `num_chains`: independent chains K, run in parallel with `jax.vmap`. All
         groups of one solve must have the same K.
     - `init_jitter`: chain k starts at θ₀ + init_jitter·N(0, I).
-    - `adapt`: run window adaptation for HMC-family kernels (ignored, with a log
-        line, for other kernels).
+    - `adapt`: how HMC-family kernels are tuned during warmup (for other kernels
+        there is nothing to adapt: the setting is ignored, with a log line).
+        `True` (the default): each chain runs its own window adaptation (its own
+        step size and mass matrix), as Stan and NumPyro do; the chains stay
+        independent, which is what R-hat assumes, and one chain stuck in a bad
+        region cannot spoil the others' tuning. `"pooled"`: one adaptation shared
+        by all K chains (the mean acceptance rate drives the step size, every
+        chain's draws feed the mass matrix); each window then sees K times the
+        draws, which pays with many chains (on an accelerator), but a shared step
+        size can lock every chain of fixed-length HMC into the same near-periodic
+        orbit. `"chees"`: ChEES-HMC for `blackjax.hmc` (one step size and one
+        jittered trajectory length for all chains, tuned from the whole
+        ensemble, for many chains on an accelerator; eqbayes sets
+        `num_integration_steps`, so do not pass it). `False`: no adaptation;
+        pass `step_size=`. The adapted values are in
+        `result.posterior.diagnostics[name].step_size` and
+        `.inverse_mass_matrix`, one per chain. The guide "Choosing and tuning a
+        kernel" says more.
+    - `metric`: the inverse mass matrix that the adaptation estimates: `"diag"`
+        (the posterior variances), `"dense"` (the full covariance: much better on
+        correlated posteriors, O(d²) per leapfrog step and O(d³) per adaptation
+        window, so for up to a few hundred components) or `"auto"` (the
+        default: the kind of a given `inverse_mass_matrix=`, else `"diag"`).
+        Only for kernels that take an inverse mass matrix.
+    - `step_size_jitter`: each transition uses a step size drawn uniformly from
+        `step_size · [1 - j, 1 + j]`, so that fixed-length HMC cannot lock into a
+        periodic orbit (Neal 2011, section 5.4.2.2). `None` (the default) means
+        `0.2` for kernels with a fixed number of integration steps
+        (`blackjax.hmc`, any kernel taking `num_integration_steps`) and `0` for all
+        others; pass `0.0` to turn it off, or any `0 ≤ j < 1` for another kernel
+        that takes a step size.
     - `likelihood_scale`: the factor on the loss. The default 1 is exact for a
         loss that is the full negative log-likelihood (a sum over the data). For a
         mean-squared-error loss over N points with Gaussian noise σ, `N / (2 σ²)`
@@ -439,6 +537,10 @@ def bayesian(
                     _NEG_STEP_SIZE.format(value=step_size, name=group_name)
                 )
             step_size = float(step_size)
+        if not (isinstance(adapt, bool) or adapt in ("pooled", "chees")):
+            raise ValueError(_ADAPT_CHOICE.format(value=adapt, name=group_name))
+        if adapt == "chees":
+            _check_chees(spec, kernel_kwargs, metric, w, group_name)
         adapts = bool(adapt) and spec.is_hmc_family and w > 0
         if step_size is None and spec.takes_step_size and not adapts:
             if spec.is_stochastic_gradient:
@@ -460,8 +562,14 @@ def bayesian(
             )
         if step_size is not None:
             kwargs["step_size"] = step_size
-        check_kernel_kwargs(spec, kwargs, group_name)
+        # ChEES-HMC sets the number of integration steps of every transition.
+        chees = ("num_integration_steps",) if adapt == "chees" else ()
+        check_kernel_kwargs(spec, kwargs, group_name, supplied=chees)
         kwargs.pop("step_size", None)
+        the_metric = _check_metric(metric, spec, kwargs, group_name)
+        jitter_fraction = _check_jitter(
+            step_size_jitter, spec, group_name, chees=adapt == "chees"
+        )
         arrays = {}
         static = []
         for key, value in sorted(kwargs.items()):
@@ -486,14 +594,85 @@ def bayesian(
             thin=t,
             num_chains=c,
             init_jitter=jitter,
-            adapt=bool(adapt),
+            adapt=adapt if adapt in ("pooled", "chees") else bool(adapt),
             likelihood_scale=scale,
             step_size=step_size,
             static_kwargs=tuple(static),
             init=the_init,
+            metric=the_metric,
+            step_size_jitter=jitter_fraction,
         )
         return BayesianLeaf(
             value=subtree, config=config, name=group_name, arrays=arrays
         )
 
     return mark(model, make, where=where, mask=mask, name=name, call="eb.bayesian")
+
+
+def _check_metric(metric: Any, spec, kwargs: dict[str, Any], name: str) -> str:
+    """The metric's kind, `"diag"` or `"dense"` (`"auto"` resolved)."""
+    if metric not in ("auto", "diag", "dense"):
+        raise ValueError(_METRIC_CHOICE.format(value=metric, name=name))
+    if "inverse_mass_matrix" not in spec.parameters:
+        if metric != "auto":
+            raise ValueError(
+                _METRIC_KERNEL.format(kernel=spec.name, value=metric, name=name)
+            )
+        return "diag"
+    imm = kwargs.get("inverse_mass_matrix")
+    ndim = None if imm is None else jnp.ndim(imm)
+    if metric == "auto":
+        return "dense" if ndim == 2 else "diag"
+    want = 1 if metric == "diag" else 2
+    if ndim is not None and ndim != want:
+        raise ValueError(
+            _METRIC_IMM.format(value=metric, name=name, ndim=ndim, want=want)
+        )
+    return metric
+
+
+def _check_chees(spec, kernel_kwargs, metric, warmup: int, name: str) -> None:
+    why = None
+    if not spec.is_hmc_family or "num_integration_steps" not in spec.parameters:
+        why = (
+            "ChEES-HMC tunes the trajectory length of fixed-length HMC, so it needs "
+            "a kernel with `num_integration_steps` (`blackjax.hmc`); NUTS chooses "
+            "its own trajectory length. Use `kernel=blackjax.hmc`, or another "
+            "`adapt=`."
+        )
+    elif "num_integration_steps" in kernel_kwargs:
+        why = (
+            "ChEES-HMC sets each transition's number of integration steps from the "
+            "trajectory length it adapts. Drop `num_integration_steps=`."
+        )
+    elif metric == "dense" or np.ndim(kernel_kwargs.get("inverse_mass_matrix", 0)) == 2:
+        why = 'ChEES-HMC works with a diagonal metric only. Drop `metric="dense"`.'
+    elif warmup == 0:
+        why = "ChEES-HMC adapts during warmup: pass `warmup=` > 0."
+    if why is not None:
+        raise ValueError(_CHEES.format(kernel=spec.name, name=name, why=why))
+
+
+def _check_jitter(jitter: Any, spec, name: str, chees: bool = False) -> float:
+    """The step-size jitter fraction (`None` resolved by the kernel)."""
+    if jitter is None:
+        # ChEES-HMC already jitters the trajectory length.
+        static_length = "num_integration_steps" in spec.parameters and not chees
+        return DEFAULT_STEP_SIZE_JITTER if static_length else 0.0
+    try:
+        j = float(jitter)
+    except (TypeError, ValueError):
+        j = math.nan
+    if isinstance(jitter, bool) or not 0 <= j < 1:
+        raise ValueError(_JITTER_RANGE.format(value=jitter, name=name))
+    if j > 0 and (spec.is_stochastic_gradient or "step_size" not in spec.parameters):
+        why = (
+            "stochastic-gradient kernels take their step size at every step and "
+            "are not jittered."
+            if spec.is_stochastic_gradient
+            else "this kernel takes no `step_size`."
+        )
+        raise ValueError(
+            _JITTER_KERNEL.format(kernel=spec.name, value=jitter, name=name, why=why)
+        )
+    return j

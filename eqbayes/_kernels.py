@@ -182,9 +182,14 @@ def kernel_spec(factory: Any, group_name: str) -> KernelSpec:
     return KernelSpec(factory, name, family, named, required, var_keyword)
 
 
-def check_kernel_kwargs(spec: KernelSpec, kwargs: Mapping[str, Any], group_name: str):
+def check_kernel_kwargs(
+    spec: KernelSpec,
+    kwargs: Mapping[str, Any],
+    group_name: str,
+    supplied: tuple[str, ...] = (),
+):
     """Every keyword must be accepted; every required one (bar those eqbayes
-    supplies) must be present."""
+    supplies, and `supplied`) must be present."""
     step_keywords: tuple[str, ...] = ()
     if spec.is_stochastic_gradient:
         factory_kwargs = {k: v for k, v in kwargs.items() if spec.accepts(k)}
@@ -201,7 +206,7 @@ def check_kernel_kwargs(spec: KernelSpec, kwargs: Mapping[str, Any], group_name:
                     ),
                 )
             )
-    supplied = {"step_size", "inverse_mass_matrix"}
+    supplied = {"step_size", "inverse_mass_matrix", *supplied}
     for kwarg in spec.required:
         if kwarg not in kwargs and kwarg not in supplied:
             raise TypeError(

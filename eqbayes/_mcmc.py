@@ -12,7 +12,13 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from ._adaptation import window_init, window_update, WindowAdaptationState
+from ._adaptation import (
+    window_init,
+    window_update,
+    window_update_per_chain,
+    WindowAdaptationState,
+)
+from ._chees import advance, chees_init, chees_update, CheesState, num_steps
 from ._custom_types import ArrayTree
 from ._groups import Context, Draws, Mode
 from ._kernels import info_fields, KernelSpec, position_of
@@ -43,12 +49,25 @@ class KernelDiagnostics(eqx.Module):
     - `energy`: the Hamiltonian energy after the transition (NUTS, HMC).
     - `num_integration_steps`: leapfrog steps taken, i.e. gradient evaluations
         (the work per draw).
+
+    Two more fields hold the tuning the draws were made with, one value per chain
+    (the same in every chain unless each chain adapted its own, `adapt=True`):
+
+    - `step_size`: shape `(K,)`, the step size after warmup (the adapted one, or
+        the one given). With step-size jitter each transition used a step size
+        drawn around it.
+    - `inverse_mass_matrix`: shape `(K, d)` (diagonal) or `(K, d, d)` (dense),
+        over the group's d sampled components in the order of
+        `jax.flatten_util.ravel_pytree` of its position. None for kernels that
+        take no inverse mass matrix.
     """
 
     is_divergent: Bool[ArrayLike, "chain draw"] | None = None
     acceptance_rate: Float[ArrayLike, "chain draw"] | None = None
     energy: Float[ArrayLike, "chain draw"] | None = None
     num_integration_steps: Int[ArrayLike, "chain draw"] | None = None
+    step_size: Float[ArrayLike, " chain"] | None = None
+    inverse_mass_matrix: Float[ArrayLike, " chain *metric"] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,17 +81,36 @@ class MCMCConfig:
     thin: int
     num_chains: int
     init_jitter: float
-    adapt: bool
+    adapt: bool | str  # True (per chain), "pooled", "chees" or False
     likelihood_scale: float
     step_size: float | None
     static_kwargs: tuple[tuple[str, Any], ...]
     # A log-density-aware initializer (`eqbayes.initializers`), or None.
     init: Any = None
+    metric: str = "diag"  # the adapted inverse mass matrix: "diag" or "dense"
+    # Each transition's step size is drawn uniformly from step_size·[1 - j, 1 + j].
+    step_size_jitter: float = 0.0
 
     @property
     def adapts(self) -> bool:
         """Whether window adaptation runs during warmup."""
-        return self.adapt and self.kernel.is_hmc_family and self.warmup > 0
+        return (
+            bool(self.adapt)
+            and self.adapt != "chees"
+            and self.kernel.is_hmc_family
+            and self.warmup > 0
+        )
+
+    @property
+    def chees(self) -> bool:
+        """Whether ChEES-HMC tunes the step size and trajectory length."""
+        return self.adapt == "chees"
+
+    @property
+    def per_chain(self) -> bool:
+        """Whether each chain has its own step size and inverse mass matrix (its
+        own window adaptation): `adapt=True`."""
+        return self.adapts and self.adapt is True
 
 
 class MCMCState(eqx.Module):
@@ -81,17 +119,29 @@ class MCMCState(eqx.Module):
     **Fields:**
 
     - `kernel_state`: blackjax's state of the K chains (chain axis first).
-    - `step_size`, `inverse_mass_matrix`: shared by the chains (None for kernels
-        that take none).
-    - `adaptation`: the window adaptation's state (None without adaptation).
+    - `step_size`, `inverse_mass_matrix`: one per chain (chain axis first) when
+        each chain adapts its own (`adapt=True`), else shared by the chains (None
+        for kernels that take none).
+    - `adaptation`: the window adaptation's state (None without adaptation),
+        chain axis first when per chain.
     - `draws`: the kept `(position, {diagnostic field: value})` of the K chains.
     """
 
     kernel_state: ArrayTree
-    step_size: Float[Array, ""] | None
+    step_size: Float[Array, "*chains"] | None
     inverse_mass_matrix: Float[Array, "..."] | None
-    adaptation: WindowAdaptationState | None
+    adaptation: WindowAdaptationState | CheesState | None
     draws: Draws
+
+    def tuning(self, num_chains: int) -> tuple[ArrayLike | None, ArrayLike | None]:
+        """The step size `(K,)` and inverse mass matrix `(K, ...)`, one per chain
+        (shared values repeated)."""
+        step_size, imm = self.step_size, self.inverse_mass_matrix
+        if step_size is not None and step_size.ndim == 0:
+            step_size = jnp.broadcast_to(step_size, (num_chains,))
+            if imm is not None:
+                imm = jnp.broadcast_to(imm, (num_chains, *imm.shape))
+        return step_size, imm
 
 
 def _kernel_kwargs(
@@ -133,6 +183,14 @@ def _init_kernel(spec: KernelSpec, algorithm, position, key):
     if spec.is_stochastic_gradient:
         return algorithm.init(position, key)
     return algorithm.init(position)
+
+
+def _jittered(kwargs: dict[str, Any], jitter: float, key: PRNGKeyArray):
+    """`kwargs` with the step size drawn from `step_size·U(1 - jitter, 1 + jitter)`
+    (one draw per transition and chain)."""
+    step_size = kwargs["step_size"]
+    u = jr.uniform(key, (), step_size.dtype, -1.0, 1.0)
+    return {**kwargs, "step_size": step_size * (1 + jitter * u)}
 
 
 def _step_kernel(spec: KernelSpec, algorithm, step_kwargs, key, state):
@@ -188,8 +246,15 @@ def init_state(
         step_size = jnp.asarray(arrays.get("step_size", initial), dtype)
     imm = None
     if "inverse_mass_matrix" in spec.parameters:
-        imm = arrays.get("inverse_mass_matrix", jnp.ones(flat.size, dtype))
+        identity = (
+            jnp.eye(flat.size, dtype=dtype)
+            if config.metric == "dense"
+            else jnp.ones(flat.size, dtype)
+        )
+        imm = arrays.get("inverse_mass_matrix", identity)
     kwargs = _kernel_kwargs(config, step_size, imm, arrays)
+    if config.chees:  # set per transition; any value builds the kernel
+        kwargs["num_integration_steps"] = 1
 
     def init_one(others_k, position, key_k):
         algorithm, _ = _algorithm(spec, logdensity_for(others_k), kwargs)
@@ -202,6 +267,17 @@ def init_state(
     if config.adapts:
         assert step_size is not None and imm is not None
         adaptation = window_init(one, step_size, imm, config.warmup, adapt_mass_matrix)
+    if config.chees:
+        assert step_size is not None
+        # A given inverse mass matrix (the user's, an initializer's) is kept.
+        estimate = adapt_mass_matrix and "inverse_mass_matrix" not in arrays
+        adaptation = chees_init(step_size, flat.size, config.warmup, estimate)
+    if config.per_chain:  # each chain starts its own adaptation from the same values
+        assert step_size is not None and imm is not None
+        k = config.num_chains
+        step_size, imm, adaptation = jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (k, *x.shape)), (step_size, imm, adaptation)
+        )
 
     # The info structure, without running anything.
     def probe(state, others_0):
@@ -222,6 +298,37 @@ def init_state(
         thin=config.thin,
     )
     return MCMCState(kernel_state, step_size, imm, adaptation, draws)
+
+
+def _chees_step(config, state, ctx, proposal, initial, info, name) -> MCMCState:
+    """ChEES's update after a warmup transition; after warmup, the next jitter."""
+
+    def adapt(s):
+        adaptation, step_size, imm = chees_update(
+            s.adaptation,
+            ctx.step,
+            ctx.step == config.warmup - 1,
+            proposal,
+            initial,
+            position_of(s.kernel_state, config.kernel, name),
+            info["acceptance_rate"],
+            info["is_divergent"],
+            s.inverse_mass_matrix,
+        )
+        return eqx.tree_at(
+            lambda x: (x.adaptation, x.step_size, x.inverse_mass_matrix),
+            s,
+            (adaptation, step_size, imm),
+        )
+
+    def next_jitter(s):
+        return eqx.tree_at(lambda x: x.adaptation, s, advance(s.adaptation))
+
+    if ctx.mode is Mode.WARMUP:
+        return adapt(state)
+    if ctx.mode is Mode.DRAWS:
+        return next_jitter(state)
+    return jax.lax.cond(ctx.step < config.warmup, adapt, next_jitter, state)
 
 
 def step_state(
@@ -245,29 +352,49 @@ def step_state(
         draw's slot) or `GENERAL` (decided from `ctx.step`).
     """
     spec = config.kernel
-    kwargs = _kernel_kwargs(config, state.step_size, state.inverse_mass_matrix, arrays)
+    # Per-chain tuning travels with the chains; shared tuning is closed over.
+    tuning = (state.step_size, state.inverse_mass_matrix)
+    batched = tuning if config.per_chain else ()
+    fixed = {}
+    if config.chees:  # this transition's jittered number of integration steps
+        assert isinstance(state.adaptation, CheesState)
+        fixed["num_integration_steps"] = num_steps(state.adaptation, state.step_size)
 
-    def one_chain(others_k, kernel_state, key_k):
+    def one_chain(others_k, kernel_state, key_k, *tuning_k):
+        kwargs = {**_kernel_kwargs(config, *(tuning_k or tuning), arrays), **fixed}
+        if config.step_size_jitter > 0:
+            jitter_key, key_k = jr.split(key_k)
+            kwargs = _jittered(kwargs, config.step_size_jitter, jitter_key)
         algorithm, step_kwargs = _algorithm(spec, logdensity_for(others_k), kwargs)
         # Stochastic-gradient states cache no log density: nothing to refresh.
         if ctx.refresh and not spec.is_stochastic_gradient:
             position = position_of(kernel_state, spec, name)
             kernel_state = algorithm.init(position)
-        return _step_kernel(spec, algorithm, step_kwargs, key_k, kernel_state)
+        if config.chees:  # ChEES reads the proposal (end of the trajectory)
+            new_state, info = algorithm.step(key_k, kernel_state)
+            proposal = (info.proposal.position, info.proposal.momentum)
+            return (new_state, info_fields(info)), proposal
+        return _step_kernel(spec, algorithm, step_kwargs, key_k, kernel_state), ()
 
     # One chain uses the group's key as it is (a split costs a hash per step).
     key = ctx.key
     assert key is not None
     keys = jr.split(key, config.num_chains) if config.num_chains > 1 else key[None]
-    kernel_state, info = ctx.over_chains(one_chain, state.kernel_state, keys)
+    initial = position_of(state.kernel_state, spec, name)
+    (kernel_state, info), proposal = ctx.over_chains(
+        one_chain, state.kernel_state, keys, *batched
+    )
     state = eqx.tree_at(lambda s: s.kernel_state, state, kernel_state)
+    if config.chees:
+        state = _chees_step(config, state, ctx, proposal, initial, info, name)
 
     if config.adapts and ctx.mode is not Mode.DRAWS:
 
         def adapt(s):
             assert s.adaptation is not None
             positions = position_of(s.kernel_state, spec, name)
-            adaptation, step_size, imm = window_update(
+            update = window_update_per_chain if config.per_chain else window_update
+            adaptation, step_size, imm = update(
                 s.adaptation, ctx.step, positions, info["acceptance_rate"]
             )
             return eqx.tree_at(

@@ -131,9 +131,31 @@ def diagnostics_line(name: str, diagnostics: KernelDiagnostics | None) -> str:
     if diagnostics.num_integration_steps is not None:
         mean = float(jnp.mean(diagnostics.num_integration_steps))
         parts.append(f"mean integration steps {mean:.1f}")
+    parts += _tuning(diagnostics)
     return f"Group '{name}': " + (
         ", ".join(parts) if parts else "no kernel diagnostics"
     )
+
+
+def _spread(values: Any) -> str:
+    """`"x"` when every chain has the same value, else `"lo–hi over the chains"`."""
+    lo, hi = float(jnp.min(values)), float(jnp.max(values))
+    return f"{lo:.3g}" if lo == hi else f"{lo:.3g}–{hi:.3g} over the chains"
+
+
+def _tuning(diagnostics: KernelDiagnostics) -> list[str]:
+    """The step size (its range over the chains) and the range of the inverse
+    mass matrix's diagonal entries (over components and chains)."""
+    parts = []
+    if diagnostics.step_size is not None:
+        parts.append(f"step size {_spread(diagnostics.step_size)}")
+    imm = diagnostics.inverse_mass_matrix
+    if imm is not None:
+        kind = "dense" if imm.ndim == 3 else "diagonal"
+        diagonal = jnp.diagonal(imm, axis1=1, axis2=2) if imm.ndim == 3 else imm
+        lo, hi = float(jnp.min(diagonal)), float(jnp.max(diagonal))
+        parts.append(f"{kind} inverse mass matrix, diagonal entries {lo:.3g}–{hi:.3g}")
+    return parts
 
 
 def _percent(q: float) -> str:

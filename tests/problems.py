@@ -106,3 +106,15 @@ def random_walk(logdensity_fn, step_size):
         return new_state, {"accepted": accept}
 
     return blackjax.SamplingAlgorithm(init_fn, step_fn)
+
+
+def check_moments(draws, mean, sd):
+    """Mean within 4 MCSE of the truth; sd within 10 %."""
+    import eqbayes as eb
+
+    ess = float(eb.ess(draws))
+    got_mean = float(jnp.mean(draws))
+    got_sd = float(jnp.std(draws))
+    mcse = sd / np.sqrt(ess)
+    assert abs(got_mean - mean) < 4 * mcse, (got_mean, mean, mcse, ess)
+    assert abs(got_sd / sd - 1) < 0.10, (got_sd, sd)

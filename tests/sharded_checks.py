@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import tree_equal
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from problems import LIKELIHOOD_SCALE, mse
+from problems import Coefficients, LIKELIHOOD_SCALE, mse
 from sharded_problem import DATA, marked, solver
 
 import eqbayes as eb
@@ -79,10 +79,9 @@ def test_chains_bitwise(on, reference, sharded):
         assert _chain_sharded(leaf, mesh)
 
 
-def test_state_placement_and_manual_steps():
-    """Every chain-axis array is sharded over "chains", the rest replicated; manual
-    `Solver.step` calls keep the placement and the bits."""
-    model = marked(warmup=5, keep=5)
+def _stepped_group(model, with_state=False):
+    """Six manual steps on the mesh and off it: the same bits. The group (and the
+    solver state) after them."""
     s = solver()
     state = s.init(model, key=jr.key(1), args=DATA, mesh=CHAINS)
     plain = s.init(model, key=jr.key(1), args=DATA)
@@ -96,13 +95,63 @@ def test_state_placement_and_manual_steps():
             state.model, is_leaf=lambda x: isinstance(x, eb.BayesianLeaf)
         )
     ]
+    return (state, group) if with_state else group
+
+
+def test_state_placement_and_manual_steps():
+    """Every chain-axis array is sharded over "chains", the rest replicated; manual
+    `Solver.step` calls keep the placement and the bits."""
+    state, group = _stepped_group(marked(warmup=5, keep=5), with_state=True)
     mcmc = group.state
-    chained = (mcmc.kernel_state, mcmc.draws)
+    # Each chain adapts its own step size and mass matrix (`adapt=True`): they and
+    # the adaptation state live on the chain axis too.
+    chained = (
+        mcmc.kernel_state,
+        mcmc.draws,
+        mcmc.step_size,
+        mcmc.inverse_mass_matrix,
+        mcmc.adaptation,
+    )
     for leaf in jax.tree.leaves(chained):
         assert _chain_sharded(leaf, CHAINS)
-    shared = (mcmc.step_size, mcmc.inverse_mass_matrix, state.step, group.value)
+    shared = (state.step, group.value)
     for leaf in jax.tree.leaves(shared):
         assert leaf.sharding.is_fully_replicated
+
+
+def test_pooled_adaptation_placement_and_bits():
+    """`adapt="pooled"`: the shared step size and mass matrix are replicated, and
+    the sharded solve keeps every bit of the unsharded one."""
+    group = _stepped_group(marked(warmup=5, keep=5, adapt="pooled"))
+    shared = (group.state.step_size, group.state.inverse_mass_matrix)
+    assert group.state.step_size.shape == ()
+    for leaf in jax.tree.leaves(shared):
+        assert leaf.sharding.is_fully_replicated
+
+
+def test_chees_manual_steps_bitwise():
+    """ChEES-HMC's shared update gathers every device's chains: stepped one
+    solver step at a time, the sharded solve keeps every bit of the unsharded one
+    through warmup and draws. (A whole `run` compiles warmup into one loop, where
+    the sharded program is not bit-identical: the chains then agree in
+    distribution only.)"""
+    model = eb.bayesian(
+        Coefficients(jnp.array(3.0), jnp.array(-2.5)),
+        blackjax.hmc,
+        adapt="chees",
+        num_chains=16,
+        warmup=30,
+        keep=10,
+        init_jitter=0.1,
+        likelihood_scale=LIKELIHOOD_SCALE,
+    )
+    s = solver()
+    state = s.init(model, key=jr.key(1), args=DATA, mesh=CHAINS)
+    plain = s.init(model, key=jr.key(1), args=DATA)
+    for _ in range(40):
+        state = s.step(state, args=DATA)
+        plain = s.step(plain, args=DATA)
+    assert tree_equal(state, plain)
 
 
 def test_two_groups_general_path_bitwise():
@@ -143,9 +192,13 @@ def test_chains_times_data():
     """A 4 x 2 mesh: 8 chains over "chains", 96 data points over "data" (XLA
     reduces the loss across the two halves). The sums are reassociated, so the
     chains agree to float32 rounding: |diff| <= 1e-4 (about 3e-5 relative to the
-    coefficients; 40 warmup + 25 NUTS steps)."""
+    coefficients; 40 warmup + 25 NUTS steps). Pooled adaptation: a chain that
+    adapts on its own follows its own acceptance rates, and a rounding-level
+    change in one of them moves its step size and then its whole trajectory
+    (the chain stays exact but no longer matches bit for bit); the mean over the
+    chains damps that."""
     data = tuple(x[:96] for x in DATA)
-    model = marked(num_chains=8)
+    model = marked(num_chains=8, adapt="pooled")
     s = eb.Solver(_data_loss, progress=False)
     reference = s.run(model, key=jr.key(0), data=data)
     result = s.run(model, key=jr.key(0), data=data, mesh=CHAINS_DATA)

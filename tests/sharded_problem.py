@@ -13,7 +13,7 @@ DATA = sincos_data()
 
 def marked(num_chains: int = 16, **kwargs):
     """NUTS with window adaptation and jittered starts: every cross-chain step of
-    a solve (the shared adaptation) is exercised."""
+    a solve is exercised (with `adapt="pooled"`, the shared adaptation)."""
     config = dict(
         num_chains=num_chains,
         warmup=40,

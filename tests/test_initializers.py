@@ -136,11 +136,12 @@ def test_behaviour_matrix_with_adaptation():
     laplace = eb.bayesian(FAR, blackjax.nuts, init=eb.initializers.laplace(), **common)
     state = _init(laplace).model.state
     assert state.adaptation is not None
-    imm0 = np.asarray(state.inverse_mass_matrix)
+    # Each chain (here one) adapts its own: the tuning has a leading chain axis.
+    imm0 = np.asarray(state.inverse_mass_matrix)[0]
     np.testing.assert_allclose(imm0, np.diag(COV), rtol=0.05)
     final = _after_warmup(laplace)
-    np.testing.assert_array_equal(final.inverse_mass_matrix, imm0)  # kept
-    assert float(final.step_size) != 1.0  # tuned
+    np.testing.assert_array_equal(final.inverse_mass_matrix[0], imm0)  # kept
+    assert float(final.step_size[0]) != 1.0  # tuned
     position = final.kernel_state.position
     assert np.all(np.abs(_z([position.a[0], position.b[0]])) < 6)
 
@@ -151,19 +152,21 @@ def test_behaviour_matrix_with_adaptation():
         **common,
     )
     state = _init(refined).model.state
-    np.testing.assert_array_equal(state.adaptation.imm_state.inverse_mass_matrix, imm0)
+    np.testing.assert_array_equal(
+        state.adaptation.imm_state.inverse_mass_matrix[0], imm0
+    )
     final = _after_warmup(refined)
-    imm = np.asarray(final.inverse_mass_matrix)
+    imm = np.asarray(final.inverse_mass_matrix)[0]
     assert not np.array_equal(imm, imm0)  # re-estimated from the warmup draws
     # Stan's regularised estimate from ~45 draws: (n σ² + 5·10⁻³) / (n + 5).
     np.testing.assert_allclose(imm, np.diag(COV), rtol=1.0)
-    assert float(final.step_size) != 1.0  # tuned
+    assert float(final.step_size[0]) != 1.0  # tuned
 
     for init in (eb.initializers.laplace(mass_matrix=False), eb.initializers.svgd()):
         model = eb.bayesian(FAR, blackjax.nuts, init=init, **common)
         state = _init(model).model.state
         assert state.adaptation is not None
-        np.testing.assert_array_equal(state.inverse_mass_matrix, [1.0, 1.0])
+        np.testing.assert_array_equal(state.inverse_mass_matrix, [[1.0, 1.0]])
 
 
 def _after_warmup(model):

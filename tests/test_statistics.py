@@ -7,6 +7,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 from problems import (
+    check_moments as _check_moments,
     Coefficients,
     exact_posterior,
     LIKELIHOOD_SCALE,
@@ -24,16 +25,6 @@ KERNELS = {
     "mala": (blackjax.mala, {"step_size": 1e-4}),
     "random_walk": (random_walk, {"step_size": 0.02}),
 }
-
-
-def _check_moments(draws, mean, sd):
-    """Mean within 4 MCSE of the truth; sd within 10 %."""
-    ess = float(eb.ess(draws))
-    got_mean = float(jnp.mean(draws))
-    got_sd = float(jnp.std(draws))
-    mcse = sd / np.sqrt(ess)
-    assert abs(got_mean - mean) < 4 * mcse, (got_mean, mean, mcse, ess)
-    assert abs(got_sd / sd - 1) < 0.10, (got_sd, sd)
 
 
 @pytest.mark.parametrize("kernel", list(KERNELS))

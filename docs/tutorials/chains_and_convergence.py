@@ -87,8 +87,10 @@ solver = eb.Solver(loss, progress=False)
 # likely forgotten their starts.
 #
 # During warmup, Stan-style window adaptation (assembled from blackjax's components)
-# tunes one step size and one diagonal inverse mass matrix *shared* by all chains:
-# the adaptation pools the chains' acceptance rates and positions.
+# tunes a step size and a diagonal inverse mass matrix for *each* chain from its own
+# acceptance rates and positions, so the chains stay independent, as R-hat assumes
+# (`adapt="pooled"` would share one adaptation among them; the guide "Choosing and
+# tuning a kernel" says when that pays).
 
 # %%
 marked = eb.bayesian(
@@ -203,12 +205,17 @@ for name in ("log_amplitude", "log_rate"):
 # | `acceptance_rate` | ✓ | ✓ | Metropolis acceptance probability |
 # | `energy` | ✓ | | Hamiltonian energy after the transition |
 # | `num_integration_steps` | ✓ | | leapfrog steps: gradient evaluations per draw |
+#
+# Two more fields hold the tuning the draws were made with, one entry per chain:
+# `step_size` `(chains,)` and `inverse_mass_matrix` `(chains, d)` (or
+# `(chains, d, d)` for a dense metric).
 
 # %%
 diag = result.posterior.diagnostics["Decay"]
 print("divergent transitions:", int(diag.is_divergent.sum()))
 print("acceptance rate per chain:", diag.acceptance_rate.mean(axis=1))
 print("leapfrog steps per draw:", diag.num_integration_steps.mean())
+print("adapted step size per chain:", diag.step_size)
 
 # %% [markdown]
 # Window adaptation aims at a mean acceptance rate of 0.8; after warmup the realised
