@@ -1,3 +1,5 @@
+import gc
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -34,3 +36,17 @@ def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8) -> bool:
 def tree_equal(x, y) -> bool:
     """True when two pytrees have the same structure and bitwise-equal arrays."""
     return bool(eqx.tree_equal(x, y))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs():
+    """Drops each test module's compiled programs when the module ends.
+
+    The suite runs in one process, and every compiled XLA CPU program holds
+    memory mappings of its own; without this, the suite's few thousand programs
+    pass Linux's default limit of 65,530 mappings per process
+    (`vm.max_map_count`) and XLA crashes while compiling.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
