@@ -8,6 +8,7 @@ and predictive bands off the result.
 import importlib.metadata
 
 from . import (
+    constraints as constraints,
     callbacks as callbacks,
     diagnostics as diagnostics,
     initializers as initializers,
