@@ -8,8 +8,8 @@ and predictive bands off the result.
 import importlib.metadata
 
 from . import (
-    constraints as constraints,
     callbacks as callbacks,
+    constraints as constraints,
     diagnostics as diagnostics,
     initializers as initializers,
     plot as plot,

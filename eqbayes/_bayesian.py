@@ -14,8 +14,7 @@ import jax.random as jr
 from jaxtyping import Array, PyTree
 
 from . import _mcmc
-from ._checks import check_float, check_int, check_likelihood_scale, check_prior
-from ._custom_types import ArrayTree
+from ._checks import check_float, check_int, check_likelihood_scale
 from ._groups import AbstractChainGroup, chain_flags, Context, GroupResult, Solve
 from ._kernels import (
     check_kernel_kwargs,
@@ -306,7 +305,8 @@ def bayesian(
     *,
     where: Callable[[PyTree], Any] | None = None,
     mask: PyTree | None = None,
-    prior: Callable[[ArrayTree], Any] | None = None,
+    prior: Any = None,
+    constraint: Any = None,
     warmup: int = 500,
     keep: int = 1000,
     thin: int = 1,
@@ -328,7 +328,8 @@ def bayesian(
     $$\log p(\theta) = -s \cdot \text{loss}(\text{model}(\theta), \dots)
         + \log \text{prior}(\theta)$$
 
-    where $s$ is `likelihood_scale`,
+    where $s$ is `likelihood_scale` (for constrained leaves, in terms of the
+    unconstrained $z$ with $\theta = T(z)$, plus $\log|\det J_T(z)|$),
 
     and every other part of the model is at its current value. Several groups in one
     model are stepped in a fixed cycle (Metropolis-within-Gibbs), one transition
@@ -353,8 +354,19 @@ def bayesian(
         are (frozen, trained by `Solver(optimizer=...)`, or held by other masked
         groups: several groups with disjoint masks may share one sub-tree). The
         prior sees only the masked leaves, and only they are stored per draw.
-    - `prior`: a callable `position -> log density`, seeing only this group's
-        position; `None` means `eb.priors.gaussian(10.0)`.
+    - `prior`: a prior from [`eqbayes.priors`][] or any callable
+        `position -> log density` seeing only this group's position; or a pytree
+        of priors that is a prefix of the selected sub-tree (a tuple with one
+        entry per sub-tree for a tuple `where`, a dict, a Module of the same
+        type), each applying to its part. `None` means
+        `eb.priors.gaussian(10.0)`. A leaf whose prior has a constrained
+        `support` (`half_cauchy`, `gamma`, `beta`, `dirichlet`, ...) is sampled
+        in unconstrained space (see [Priors](../priors.md)).
+    - `constraint`: an [`eqbayes.constraints`][] object (or a prefix pytree of
+        them, like `prior`) for leaves whose prior does not declare its support,
+        such as your own functions: the leaf is sampled as $z$ with
+        $\theta = T(z)$ and $\log|\det J_T(z)|$ added to the log density. It
+        must lie inside the prior's support; `None` uses the support.
     - `warmup`: solver steps spent warming up before any draw is kept. For
         HMC-family kernels (NUTS, HMC) with `adapt=True`, window adaptation tunes
         the step size and a diagonal inverse mass matrix during these steps (dense
@@ -408,7 +420,7 @@ def bayesian(
         ```
     """
 
-    def make(subtree: PyTree, group_name: str) -> BayesianLeaf:
+    def make(subtree: PyTree, group_name: str, the_prior: Any) -> BayesianLeaf:
         the_init = None if init is None else check_initializer(init, group_name)
         spec = kernel_spec(kernel, group_name)
         w = check_int(warmup, "warmup", group_name, 0, "Use `warmup=0` for none.")
@@ -475,7 +487,6 @@ def bayesian(
                         )
                     ) from None
                 static.append((key, value))
-        the_prior = check_prior(prior, group_name)
         config = MCMCConfig(
             kernel=spec,
             prior=the_prior,
@@ -494,4 +505,13 @@ def bayesian(
             value=subtree, config=config, name=group_name, arrays=arrays
         )
 
-    return mark(model, make, where=where, mask=mask, name=name, call="eb.bayesian")
+    return mark(
+        model,
+        make,
+        where=where,
+        mask=mask,
+        name=name,
+        call="eb.bayesian",
+        prior=prior,
+        constraint=constraint,
+    )

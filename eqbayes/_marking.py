@@ -11,7 +11,17 @@ import numpy as np
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from jaxtyping import PyTree
 
+from ._checks import check_prior
+from ._constrained import (
+    Constrained,
+    get as _get,
+    LeafPriors,
+    resolve,
+    strip,
+)
 from ._groups import AbstractGroup, is_group
+from .constraints import AbstractConstraint, is_subset, Real, Simplex
+from .priors import AbstractPrior
 
 
 logger = logging.getLogger("eqbayes")
@@ -47,12 +57,14 @@ def _is_masked(x: Any) -> bool:
     return isinstance(x, MaskedGroup)
 
 
-def collapse(tree: PyTree) -> PyTree:
+def collapse(tree: PyTree, *, constrained: bool = True) -> PyTree:
     """Replaces every `MaskedGroup` (whose members are already plain sub-trees) by
-    the plain sub-tree."""
-    return jax.tree.map(
+    the plain sub-tree, and every constrained leaf by its value (its unconstrained
+    array when `constrained=False`)."""
+    tree = jax.tree.map(
         lambda x: x.combined() if _is_masked(x) else x, tree, is_leaf=_is_masked
     )
+    return resolve(tree) if constrained else strip(tree)
 
 
 def unwrap(model: PyTree) -> PyTree:
@@ -107,20 +119,7 @@ def _wrappers_with_paths(model: PyTree) -> list[tuple[tuple, Any]]:
 
 
 def _marked_value(x: Any) -> PyTree:
-    return x.marked_value() if _is_masked(x) else x.value
-
-
-def _get(tree: Any, path: tuple) -> Any:
-    for key in path:
-        if isinstance(key, GetAttrKey):
-            tree = getattr(tree, key.name)
-        elif isinstance(key, SequenceKey):
-            tree = tree[key.idx]
-        elif isinstance(key, DictKey):
-            tree = tree[key.key]
-        else:  # pragma: no cover - exotic pytree nodes
-            raise TypeError(f"Cannot follow the key {key!r} of a path into a model.")
-    return tree
+    return resolve(x.marked_value() if _is_masked(x) else x.value)
 
 
 _WHERE_MANY = (
@@ -203,14 +202,19 @@ def _claimed(value: PyTree) -> list[bool]:
     return [x is not None for x in flat]
 
 
+_NOT_GIVEN: Any = object()
+
+
 def mark(
     model: PyTree,
-    make: Callable[[PyTree, str], AbstractGroup],
+    make: Callable[..., AbstractGroup],
     *,
     where: Callable[[PyTree], Any] | None = None,
     mask: Any = None,
     name: str | None = None,
     call: str = "eb.mark",
+    prior: Any = _NOT_GIVEN,
+    constraint: Any = None,
 ) -> PyTree:
     """Puts a group in place of a sub-tree of `model`: what every marking function
     ([`eqbayes.bayesian`][], [`eqbayes.vi`][], [`eqbayes.optimise`][]) does, for
@@ -222,12 +226,22 @@ def mark(
     selection is made here: a sub-tree without floating-point leaves, an overlap
     with another group, a name used twice are clear errors naming `call`.
 
+    A `where` returning a tuple of sub-trees makes them one group (placed at their
+    closest common node, with the rest of that node left as it is).
+
+    Constrained leaves (a `constraint=`, or a prior whose `support` is
+    constrained) are stored in the group's value in unconstrained space, so the
+    group's position is $z$; the plain model (the loss, `eb.unwrap`, the
+    posterior's samples) sees $\theta = T(z)$.
+
     **Arguments:**
 
     - `model`: any pytree, usually an `eqx.Module`; may already hold other groups.
     - `make`: `make(subtree, name) -> group`: builds the group from the selected
         sub-tree (with `mask=`, the sub-tree with `None` outside the mask) and
-        its name.
+        its name. When `prior=` is passed, `make(subtree, name, prior)`, with
+        `prior` the group's log prior over its position (the per-part priors and
+        the Jacobians of the constraints folded into one callable).
     - `where`: selects the sub-tree, like `eqx.tree_at`'s `where`; `None` means
         the whole model.
     - `mask`: a pytree of bools over the selected sub-tree (or a prefix of it).
@@ -235,6 +249,11 @@ def mark(
         name.
     - `call`: how error messages name the marking function, e.g.
         `"noise_precision"`.
+    - `prior`: for groups with a prior: a prior, or a pytree of priors that is a
+        prefix of the selection (a tuple for a tuple `where`); `None` entries mean
+        `eb.priors.gaussian(10.0)`.
+    - `constraint`: an [`eqbayes.constraints`][] object, or a prefix pytree of
+        them (`None` entries: the prior's support).
 
     **Returns:**
 
@@ -245,47 +264,43 @@ def mark(
     plain = jax.tree.map(
         lambda x: _marked_value(x) if is_wrapper(x) else x, model, is_leaf=is_wrapper
     )
-    placeholder = _Placeholder()
-    if where is None:
-        marked = placeholder
-    else:
-        try:
-            marked = eqx.tree_at(where, plain, replace_fn=lambda _: placeholder)
-        except Exception as err:  # noqa: BLE001 - re-raised with a clear message
-            raise ValueError(_WHERE_FAILED.format(fn=fn, err=err)) from err
-    found = [
-        (path, leaf)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(
-            marked, is_leaf=lambda x: x is placeholder
-        )[0]
-        if leaf is placeholder
-    ]
-    if len(found) != 1:
-        raise ValueError(_WHERE_MANY.format(fn=fn, n=len(found)))
-    path = found[0][0]
+    paths, several = _select(plain, where, fn)
+    if several and mask is not None:
+        raise ValueError(_WHERE_TUPLE_MASK.format(fn=fn))
+    path = _common_prefix(paths) if several else paths[0]
     subtree = _get(plain, path) if path else plain
+    masked = mask is not None or several
     host = None
-    if mask is not None:
+    if masked:
         hosts = [w for p, w in existing if p == path and _is_masked(w)]
         host = hosts[0] if hosts else None
     if name is None:
-        name = path_str(path) or type(plain).__name__
+        if several:
+            name = "(" + ", ".join(path_str(p) or "(model)" for p in paths) + ")"
+        else:
+            name = path_str(path) or type(plain).__name__
         if mask is not None:
             name = f"{name}/mask{0 if host is None else len(host.groups)}"
     flags = None
     selected = jax.tree_util.tree_flatten_with_path(subtree)[0]
-    if mask is None:
+    if not masked:
         if not jax.tree.leaves(eqx.filter(subtree, eqx.is_inexact_array)):
             raise ValueError(_WHERE_EMPTY.format(fn=fn, name=name))
     else:
-        chosen = _mask_flags(mask, subtree, fn, name)
+        if several:
+            rels = [p[len(path) :] for p in paths]
+            chosen = [any(q[: len(r)] == r for r in rels) for q, _ in selected]
+        else:
+            chosen = _mask_flags(mask, subtree, fn, name)
         selected = [s for s, c in zip(selected, chosen) if c]
         flags = [
             c and eqx.is_inexact_array(x)
             for c, x in zip(chosen, jax.tree.leaves(subtree))
         ]
         if not any(flags):
-            raise ValueError(_MASK_EMPTY.format(fn=fn, name=name))
+            raise ValueError(
+                (_WHERE_EMPTY if several else _MASK_EMPTY).format(fn=fn, name=name)
+            )
     _warn_fixed(selected, path, fn, name)
     for other_path, other in existing:
         if other is host:
@@ -307,8 +322,21 @@ def mark(
                     f"`{fn}(..., name={name!r})`: a group named '{name}' already "
                     "exists in this model. Give each group its own `name=`."
                 )
+    if several:
+        selection = tuple(_get(plain, p) for p in paths)
+        offsets = [p[len(path) :] for p in paths]
+    else:
+        selection, offsets = subtree, None
+    spec = _Spec(selection, offsets, path, prior, constraint, fn, name)
+
+    def build(value: PyTree) -> AbstractGroup:
+        value, the_prior = spec.apply(value)
+        if prior is _NOT_GIVEN:
+            return make(value, name)
+        return make(value, name, the_prior)
+
     if flags is None:
-        node = make(subtree, name)
+        node = build(subtree)
     else:
         members = () if host is None else host.groups
         for member in members:
@@ -320,7 +348,7 @@ def mark(
         value = jax.tree.unflatten(
             treedef, [x if f else None for x, f in zip(leaves, flags)]
         )
-        members = (*members, make(value, name))
+        members = (*members, build(value))
         claimed = [any(c) for c in zip(*(_claimed(m.value) for m in members))]
         rest = jax.tree.unflatten(
             treedef, [None if c else x for x, c in zip(leaves, claimed)]
@@ -333,6 +361,273 @@ def mark(
         if other is not host:
             out = eqx.tree_at(lambda m: _get(m, other_path), out, replace=other)
     return out
+
+
+def _select(plain: PyTree, where: Any, fn: str) -> tuple[list[tuple], bool]:
+    """The key paths `where` selects, in its order, and whether it returned a
+    tuple of sub-trees."""
+    if where is None:
+        return [()], False
+    try:
+        selection = where(plain)
+        several = isinstance(selection, tuple)
+        holders = (
+            tuple(_Placeholder() for _ in selection) if several else _Placeholder()
+        )
+        marked = eqx.tree_at(where, plain, replace=holders)
+    except Exception as err:  # noqa: BLE001 - re-raised with a clear message
+        raise ValueError(_WHERE_FAILED.format(fn=fn, err=err)) from err
+    found = {
+        id(leaf): path
+        for path, leaf in jax.tree_util.tree_flatten_with_path(
+            marked, is_leaf=lambda x: isinstance(x, _Placeholder)
+        )[0]
+        if isinstance(leaf, _Placeholder)
+    }
+    wanted = holders if several else (holders,)
+    if not wanted or any(id(h) not in found for h in wanted):
+        raise ValueError(_WHERE_MANY.format(fn=fn, n=len(found)))
+    paths = [found[id(h)] for h in wanted]
+    for a in paths:
+        for b in paths:
+            if a is not b and b[: len(a)] == a:
+                raise ValueError(
+                    _WHERE_NESTED.format(fn=fn, a=path_str(a), b=path_str(b))
+                )
+    return paths, several
+
+
+def _common_prefix(paths: list[tuple]) -> tuple:
+    first = paths[0]
+    n = 0
+    while n < len(first) and all(len(p) > n and p[n] == first[n] for p in paths):
+        n += 1
+    return first[:n]
+
+
+# -- priors and constraints per part of the selection -------------------------------
+
+_PRIOR_PREFIX = (
+    "`{fn}(..., {arg}=...)` for group '{name}': `{arg}` must be one {what} for the "
+    "whole selection, or a pytree of them that is a prefix of the selected "
+    "sub-tree(s) (a tuple with one entry per sub-tree for a tuple `where`, a dict "
+    "with the same keys, a Module of the same type). At `{at}` the selection holds "
+    "{node} but `{arg}` has {spec}."
+)
+_NOT_A = (
+    "`{fn}(..., {arg}=...)` for group '{name}': the entry at `{at}` is {spec!r} of "
+    "type `{type}`, not {what}. Use e.g. {example}."
+)
+_CONTRADICTS = (
+    "`{fn}(..., constraint={constraint!r})` for group '{name}': the leaf `{leaf}` "
+    "has a prior with support `{support!r}`, and the constraint `{constraint!r}` "
+    "is not inside it. Drop `constraint=` (the prior's support is used), or pass "
+    "a constraint inside the support."
+)
+_OUTSIDE = (
+    "`{fn}(...)` for group '{name}': the starting value of `{leaf}` is outside "
+    "the support `{support!r}` of its {why} (e.g. {example}). Set a value strictly "
+    "inside it in the model before marking (e.g. with `eqx.tree_at`)."
+)
+_SIMPLEX_SHORT = (
+    "`{fn}(...)` for group '{name}': the leaf `{leaf}` of shape {shape} is "
+    "constrained to the simplex over its last axis, which needs at least 2 "
+    "components (a 1-component simplex is the constant 1). Give the leaf a last "
+    "axis of length >= 2, or leave it out of the group."
+)
+_WHERE_TUPLE_MASK = (
+    "`{fn}(..., where=..., mask=...)`: `where` returned a tuple of sub-trees, "
+    "which already selects the group's leaves; `mask=` cannot be combined with it. "
+    "Select the leaves with `where` alone, or use one sub-tree and a mask."
+)
+_WHERE_NESTED = (
+    "`{fn}(..., where=...)`: the selected sub-trees `{a}` and `{b}` overlap (one "
+    "holds the other). Select each part once."
+)
+
+
+def _is_node_of(spec: Any, node: Any, leaf_type: type) -> bool:
+    """Whether `spec` is a container matching the container `node` (rather than
+    one prior / constraint for the whole of `node`)."""
+    if isinstance(spec, leaf_type):
+        return False
+    if isinstance(spec, (tuple, list, dict)):
+        return True
+    return isinstance(spec, eqx.Module) and type(spec) is type(node)
+
+
+def _children(x: Any) -> list[tuple[Any, Any]]:
+    flat = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)[0]
+    return [(path[0], child) for path, child in flat]
+
+
+class _Spec:
+    """Matches `prior=` / `constraint=` prefix pytrees against a selection and
+    turns the selected value into its unconstrained form."""
+
+    def __init__(self, selection, offsets, anchor, prior, constraint, fn, name):
+        self.offsets, self.anchor, self.fn, self.name = offsets, anchor, fn, name
+        self.has_prior = prior is not _NOT_GIVEN
+        self.priors = (
+            self._match(prior, selection, "prior") if self.has_prior else [((), None)]
+        )
+        self.constraints = self._match(constraint, selection, "constraint")
+        self.plain_prior = prior
+
+    def _match(self, spec, selection, arg):
+        leaf_type = AbstractPrior if arg == "prior" else AbstractConstraint
+        out: list[tuple[tuple, Any]] = []
+
+        def walk(s, node, path):
+            if s is None or isinstance(s, leaf_type):
+                out.append((path, s))
+                return
+            if _is_node_of(s, node, leaf_type):
+                same = type(s) is type(node)
+                if same:
+                    mine, theirs = _children(s), _children(node)
+                    same = [k for k, _ in mine] == [k for k, _ in theirs]
+                if not same:
+                    raise ValueError(
+                        _PRIOR_PREFIX.format(
+                            fn=self.fn,
+                            arg=arg,
+                            name=self.name,
+                            what="prior" if arg == "prior" else "constraint",
+                            at=path_str(self._absolute(path)) or "(the selection)",
+                            node=_describe(node),
+                            spec=_describe(s),
+                        )
+                    )
+                for (key, a), (_, b) in zip(mine, theirs):
+                    walk(a, b, (*path, key))
+                return
+            if arg == "prior" and callable(s):
+                out.append((path, s))
+                return
+            raise TypeError(
+                _NOT_A.format(
+                    fn=self.fn,
+                    arg=arg,
+                    name=self.name,
+                    at=path_str(self._absolute(path)) or "(the selection)",
+                    spec=s,
+                    type=type(s).__name__,
+                    what="a prior" if arg == "prior" else "an `eb.constraints` object",
+                    example="`eb.priors.normal(0.0, 1.0)`"
+                    if arg == "prior"
+                    else "`eb.constraints.positive`",
+                )
+            )
+
+        walk(spec, selection, ())
+        # Paths relative to the group's value.
+        return [(self._relative(p), s) for p, s in out]
+
+    def _relative(self, path: tuple) -> tuple:
+        if self.offsets is None or not path:
+            return path if self.offsets is None else ()
+        return (*self.offsets[path[0].idx], *path[1:])
+
+    def _absolute(self, path: tuple) -> tuple:
+        return (*self.anchor, *self._relative(path))
+
+    @staticmethod
+    def _owner(entries, path):
+        best = None
+        for p, s in entries:
+            if path[: len(p)] == p and (best is None or len(p) > len(best[0])):
+                best = (p, s)
+        return best
+
+    def apply(self, value: PyTree) -> tuple[PyTree, Any]:
+        """`(value with constrained leaves unconstrained, the group's log prior)`."""
+        leaves = jax.tree_util.tree_flatten_with_path(value)[0]
+        held: set[tuple] = set()
+        replaced = []
+        any_constrained = False
+        for path, leaf in leaves:
+            if not eqx.is_inexact_array(leaf):
+                continue
+            owner = self._owner(self.priors, path)
+            prior_path, the_prior = owner if owner is not None else ((), None)
+            held.add(prior_path)
+            _, given = self._owner(self.constraints, path) or ((), None)
+            c = self._constraint_of(path, leaf, the_prior, given)
+            if c is not None:
+                replaced.append((path, Constrained(c.inverse(leaf), c)))
+                any_constrained = True
+        for path, node in replaced:
+            if not path:
+                value = node
+                continue
+            value = eqx.tree_at(lambda v, p=path: _get(v, p), value, replace=node)
+        if not self.has_prior:
+            return value, None
+        single = len(self.priors) == 1 and self.priors[0][0] == ()
+        if single and not any_constrained:
+            return value, check_prior(self.plain_prior, self.name, _fn_name(self.fn))
+        parts = tuple(
+            (p, check_prior(s, self.name, _fn_name(self.fn)))
+            for p, s in self.priors
+            if p in held
+        )
+        return value, LeafPriors(parts)
+
+    def _constraint_of(self, path, leaf, the_prior, given):
+        leaf_name = path_str((*self.anchor, *path)) or "(the model)"
+        support = the_prior.support if isinstance(the_prior, AbstractPrior) else None
+        if given is not None and support is not None and not is_subset(given, support):
+            raise ValueError(
+                _CONTRADICTS.format(
+                    fn=self.fn,
+                    name=self.name,
+                    leaf=leaf_name,
+                    support=support,
+                    constraint=given,
+                )
+            )
+        c = given if given is not None else support
+        if c is None or isinstance(c, Real):
+            return None
+        if isinstance(c, Simplex) and (leaf.ndim == 0 or leaf.shape[-1] < 2):
+            raise ValueError(
+                _SIMPLEX_SHORT.format(
+                    fn=self.fn, name=self.name, leaf=leaf_name, shape=leaf.shape
+                )
+            )
+        if not isinstance(leaf, jax.core.Tracer):
+            try:
+                inside = c.contains(np.asarray(leaf))
+            except ValueError:  # bounds that do not broadcast against the leaf
+                inside = False
+            if not inside:
+                flat = np.asarray(leaf).ravel()
+                raise ValueError(
+                    _OUTSIDE.format(
+                        fn=self.fn,
+                        name=self.name,
+                        leaf=leaf_name,
+                        support=c,
+                        why="constraint" if given is not None else "prior",
+                        example=f"{flat[:4].tolist()}{' ...' if flat.size > 4 else ''}",
+                    )
+                )
+        return c
+
+
+def _fn_name(call: str) -> str:
+    return call[3:] if call.startswith("eb.") else call
+
+
+def _describe(x: Any) -> str:
+    if eqx.is_array(x):
+        return f"an array of shape {x.shape}"
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of {len(x)}"
+    if isinstance(x, dict):
+        return f"a dict with keys {sorted(map(str, x))}"
+    return f"a `{type(x).__name__}`"
 
 
 _FIXED = (

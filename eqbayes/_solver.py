@@ -557,7 +557,9 @@ class Solver(eqx.Module):
         leaves = [None] * len(parts.leaves)
         for i, r in zip(parts.index, results):
             leaves[i] = r.samples
-        samples = collapse(jax.tree.unflatten(parts.treedef, leaves))
+        draws = jax.tree.unflatten(parts.treedef, leaves)
+        samples = collapse(draws)
+        unconstrained = collapse(draws, constrained=False)
         named = list(zip((g.name for g in groups), results))
         diagnostics = {n: r.diagnostics for n, r in named if r.samples is not None}
         variational = {
@@ -567,7 +569,7 @@ class Solver(eqx.Module):
         if history is None:
             history = History(jnp.zeros((0,)), {})
         labels = group_labels(plain, state.model)
-        posterior = Posterior(samples, diagnostics, plain, labels)
+        posterior = Posterior(samples, diagnostics, plain, labels, unconstrained)
         return Result(plain, posterior, history, variational, state)
 
     # -- run ------------------------------------------------------------------------
