@@ -123,10 +123,9 @@ def _marked_value(x: Any) -> PyTree:
 
 
 _WHERE_MANY = (
-    "`{fn}(..., where=...)`: `where` selected {n} sub-trees; it must select a "
-    "single one (a leaf, a layer, or the whole model). Mark several parts with "
-    "several calls, e.g. `{fn}({fn}(model, ..., where=lambda m: m.a), ..., "
-    "where=lambda m: m.b)`."
+    "`{fn}(..., where=...)`: `where` selected {n} sub-trees of the model; it must "
+    "return one sub-tree (a leaf, a layer, or the whole model) or a non-empty "
+    "tuple of them, e.g. `where=lambda m: (m.mu, m.tau)`."
 )
 _WHERE_EMPTY = (
     "`{fn}(..., where=...)` for group '{name}': the selected sub-tree has no "
@@ -142,8 +141,8 @@ _OVERLAP = (
 )
 _WHERE_FAILED = (
     "`{fn}(..., where=...)`: calling `where` on the (unwrapped) model failed with "
-    "{err!r}. `where` takes the plain model and returns one of its sub-trees, "
-    "e.g. `where=lambda m: m.layers[-1]`."
+    "{err!r}. `where` takes the plain model and returns one of its sub-trees "
+    "(or a tuple of disjoint ones), e.g. `where=lambda m: m.layers[-1]`."
 )
 
 
@@ -387,14 +386,7 @@ def _select(plain: PyTree, where: Any, fn: str) -> tuple[list[tuple], bool]:
     wanted = holders if several else (holders,)
     if not wanted or any(id(h) not in found for h in wanted):
         raise ValueError(_WHERE_MANY.format(fn=fn, n=len(found)))
-    paths = [found[id(h)] for h in wanted]
-    for a in paths:
-        for b in paths:
-            if a is not b and b[: len(a)] == a:
-                raise ValueError(
-                    _WHERE_NESTED.format(fn=fn, a=path_str(a), b=path_str(b))
-                )
-    return paths, several
+    return [found[id(h)] for h in wanted], several
 
 
 def _common_prefix(paths: list[tuple]) -> tuple:
@@ -439,10 +431,6 @@ _WHERE_TUPLE_MASK = (
     "`{fn}(..., where=..., mask=...)`: `where` returned a tuple of sub-trees, "
     "which already selects the group's leaves; `mask=` cannot be combined with it. "
     "Select the leaves with `where` alone, or use one sub-tree and a mask."
-)
-_WHERE_NESTED = (
-    "`{fn}(..., where=...)`: the selected sub-trees `{a}` and `{b}` overlap (one "
-    "holds the other). Select each part once."
 )
 
 

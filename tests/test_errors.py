@@ -188,8 +188,10 @@ def test_where_selects_no_inexact_array():
 def test_where_failing_or_selecting_many():
     with pytest.raises(ValueError, match=re.escape("calling `where` on the")):
         eb.bayesian(MODEL, blackjax.nuts, where=lambda m: m.c)
-    with pytest.raises(ValueError, match=re.escape("`where` selected 2 sub-trees")):
-        eb.bayesian(MODEL, blackjax.nuts, where=lambda m: (m.a, m.b))
+    with pytest.raises(ValueError, match=re.escape("`where` selected 0 sub-trees")):
+        eb.bayesian(MODEL, blackjax.nuts, where=lambda m: ())
+    with pytest.raises(ValueError, match=re.escape("`mask=` cannot be combined")):
+        eb.bayesian(MODEL, blackjax.nuts, where=lambda m: (m.a, m.b), mask=True)
 
 
 def test_overlapping_groups():
