@@ -266,9 +266,17 @@ def mark(
     paths, several = _select(plain, where, fn)
     if several and mask is not None:
         raise ValueError(_WHERE_TUPLE_MASK.format(fn=fn))
-    path = _common_prefix(paths) if several else paths[0]
+    # A selection inside a masked sub-tree joins it as one more member.
+    enclosing = [
+        p for p, w in existing if _is_masked(w) and all(q[: len(p)] == p for q in paths)
+    ]
+    by_paths = several or (mask is None and bool(enclosing))
+    if by_paths and enclosing:
+        path = enclosing[0]
+    else:
+        path = _common_prefix(paths) if several else paths[0]
     subtree = _get(plain, path) if path else plain
-    masked = mask is not None or several
+    masked = mask is not None or by_paths
     host = None
     if masked:
         hosts = [w for p, w in existing if p == path and _is_masked(w)]
@@ -286,7 +294,7 @@ def mark(
         if not jax.tree.leaves(eqx.filter(subtree, eqx.is_inexact_array)):
             raise ValueError(_WHERE_EMPTY.format(fn=fn, name=name))
     else:
-        if several:
+        if by_paths:
             rels = [p[len(path) :] for p in paths]
             chosen = [any(q[: len(r)] == r for r in rels) for q, _ in selected]
         else:
@@ -298,7 +306,7 @@ def mark(
         ]
         if not any(flags):
             raise ValueError(
-                (_WHERE_EMPTY if several else _MASK_EMPTY).format(fn=fn, name=name)
+                (_WHERE_EMPTY if by_paths else _MASK_EMPTY).format(fn=fn, name=name)
             )
     _warn_fixed(selected, path, fn, name)
     for other_path, other in existing:
@@ -321,12 +329,12 @@ def mark(
                     f"`{fn}(..., name={name!r})`: a group named '{name}' already "
                     "exists in this model. Give each group its own `name=`."
                 )
+    offsets = [p[len(path) :] for p in paths]
     if several:
         selection = tuple(_get(plain, p) for p in paths)
-        offsets = [p[len(path) :] for p in paths]
     else:
-        selection, offsets = subtree, None
-    spec = _Spec(selection, offsets, path, prior, constraint, fn, name)
+        selection = _get(plain, paths[0])
+    spec = _Spec(selection, several, offsets, path, prior, constraint, fn, name)
 
     def build(value: PyTree) -> AbstractGroup:
         value, the_prior = spec.apply(value)
@@ -453,8 +461,11 @@ class _Spec:
     """Matches `prior=` / `constraint=` prefix pytrees against a selection and
     turns the selected value into its unconstrained form."""
 
-    def __init__(self, selection, offsets, anchor, prior, constraint, fn, name):
-        self.offsets, self.anchor, self.fn, self.name = offsets, anchor, fn, name
+    def __init__(
+        self, selection, several, offsets, anchor, prior, constraint, fn, name
+    ):
+        self.several, self.offsets = several, offsets
+        self.anchor, self.fn, self.name = anchor, fn, name
         self.has_prior = prior is not _NOT_GIVEN
         self.priors = (
             self._match(prior, selection, "prior") if self.has_prior else [((), None)]
@@ -513,8 +524,11 @@ class _Spec:
         return [(self._relative(p), s) for p, s in out]
 
     def _relative(self, path: tuple) -> tuple:
-        if self.offsets is None or not path:
-            return path if self.offsets is None else ()
+        """A path into the selection as a path into the group's value."""
+        if not self.several:
+            return (*self.offsets[0], *path)
+        if not path:
+            return ()
         return (*self.offsets[path[0].idx], *path[1:])
 
     def _absolute(self, path: tuple) -> tuple:
