@@ -20,6 +20,7 @@ from ._constrained import (
     strip,
 )
 from ._groups import AbstractGroup, is_group
+from ._paramax import frozen_flags
 from .constraints import AbstractConstraint, is_subset, Real, Simplex
 from .priors import AbstractPrior
 
@@ -276,6 +277,9 @@ def mark(
     else:
         path = _common_prefix(paths) if several else paths[0]
     subtree = _get(plain, path) if path else plain
+    # Leaves inside a `paramax.NonTrainable` never join a group.
+    frozen = frozen_flags(subtree)
+    by_paths = by_paths or (mask is None and any(frozen))
     masked = mask is not None or by_paths
     host = None
     if masked:
@@ -301,8 +305,8 @@ def mark(
             chosen = _mask_flags(mask, subtree, fn, name)
         selected = [s for s, c in zip(selected, chosen) if c]
         flags = [
-            c and eqx.is_inexact_array(x)
-            for c, x in zip(chosen, jax.tree.leaves(subtree))
+            c and eqx.is_inexact_array(x) and not f
+            for c, x, f in zip(chosen, jax.tree.leaves(subtree), frozen)
         ]
         if not any(flags):
             raise ValueError(

@@ -2,6 +2,7 @@
 space, per-part priors, and the errors of bad priors / constraints."""
 
 import re
+from typing import Any
 
 import blackjax
 import equinox as eqx
@@ -277,3 +278,62 @@ def test_constraint_contradicts_support():
 def test_simplex_of_length_one():
     with pytest.raises(ValueError, match=re.escape("needs at least 2 components")):
         eb.bayesian(Mixture(jnp.ones(1)), blackjax.nuts, prior=eb.priors.dirichlet(1.0))
+
+
+def test_sample_prior():
+    h = Hierarchy(jnp.array(0.0), jnp.array(1.0), jnp.zeros(3))
+    marked = eb.bayesian(
+        h,
+        blackjax.nuts,
+        where=lambda m: (m.mu, m.tau),
+        prior=(eb.priors.normal(3.0, 0.5), eb.priors.gamma(4.0, 2.0)),
+    )
+    prior = eb.sample_prior(marked, key=jr.key(0), num_draws=4000)
+    assert prior.samples.mu.shape == (1, 4000)
+    assert prior.samples.theta is None
+    _check_moments(prior.samples.mu, 3.0, 0.5)
+    _check_moments(prior.samples.tau, 2.0, 1.0)
+    np.testing.assert_allclose(
+        jnp.exp(prior.unconstrained.tau), prior.samples.tau, rtol=1e-5
+    )
+    predicted = prior.predict(lambda m: m.mu + m.tau + jnp.sum(m.theta))
+    assert predicted.shape == (1, 4000)
+    with pytest.raises(TypeError, match=re.escape("cannot be sampled")):
+        eb.sample_prior(
+            eb.bayesian(h, blackjax.nuts, where=lambda m: m.mu, prior=lambda p: 0.0),
+            key=jr.key(0),
+        )
+
+
+def test_paramax_models():
+    paramax = pytest.importorskip("paramax")
+
+    class Scaled(eqx.Module):
+        scale: Any
+        offset: Any
+        fixed: Any
+
+    model = Scaled(
+        paramax.Parameterize(jnp.exp, jnp.array(0.0)),
+        jnp.array(0.0),
+        paramax.NonTrainable(jnp.array(2.0)),
+    )
+    seen = []
+
+    def loss(m):
+        seen.append(type(m.scale))
+        return jnp.square(m.scale * m.fixed - 3.0) + jnp.square(m.offset - 1.0)
+
+    marked = eb.bayesian(
+        model, blackjax.nuts, warmup=50, keep=50, prior=eb.priors.normal(0, 1)
+    )
+    result = eb.Solver(loss, progress=False).run(marked, key=jr.key(0))
+    assert all(not isinstance(t, type) or not issubclass(t, eqx.Module) for t in seen)
+    assert result.posterior.samples.fixed.tree is None
+    assert result.posterior.samples.scale.args[0].shape == (1, 50)
+    assert float(paramax.unwrap(result.model).fixed) == 2.0
+    trained = eb.Solver(loss, optimizer=optax.adam(0.1), progress=False).run(
+        eb.optimise(model, optax.adam(0.0), where=lambda m: m.offset), 50, key=jr.key(0)
+    )
+    assert float(paramax.unwrap(trained.model).fixed) == 2.0
+    assert float(trained.model.scale.args[0]) != 0.0
