@@ -337,3 +337,28 @@ def test_paramax_models():
     )
     assert float(paramax.unwrap(trained.model).fixed) == 2.0
     assert float(trained.model.scale.args[0]) != 0.0
+
+
+def test_checkpoint_of_constrained_leaves(tmp_path):
+    marked = eb.bayesian(
+        Rate(jnp.array(1.0)),
+        blackjax.nuts,
+        prior=eb.priors.gamma(2.0, 0.5),
+        warmup=5,
+        keep=10,
+        num_chains=2,
+        init_jitter=0.5,
+    )
+    solver = eb.Solver(poisson_loss, progress=False)
+    state = solver.init(marked, key=jr.key(0))
+    like = solver.init(marked, key=jr.key(1))
+    for _ in range(4):
+        state = solver.step(state)
+    eb.save(tmp_path / "state.eqx", state)
+    full = solver.run(marked, key=jr.key(0))
+    resumed = solver.run(
+        marked, key=jr.key(0), state=eb.load(tmp_path / "state.eqx", like=like)
+    )
+    assert eqx.tree_equal(resumed.posterior.samples, full.posterior.samples)
+    assert bool(jnp.all(resumed.posterior.samples.rate > 0))
+    assert float(resumed.model.rate) > 0
