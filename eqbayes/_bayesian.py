@@ -375,7 +375,9 @@ def bayesian(
     - `thin`: keep one draw every `thin` post-warmup steps.
     - `num_chains`: independent chains K, run in parallel with `jax.vmap`. All
         groups of one solve must have the same K.
-    - `init_jitter`: chain k starts at θ₀ + init_jitter·N(0, I).
+    - `init_jitter`: chain k starts at θ₀ + init_jitter·N(0, I) (at a
+        constrained leaf, z₀ + init_jitter·N(0, I) in unconstrained space, so
+        every start lies inside the support).
     - `adapt`: run window adaptation for HMC-family kernels (ignored, with a log
         line, for other kernels).
     - `likelihood_scale`: the factor on the loss. The default 1 is exact for a

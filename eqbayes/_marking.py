@@ -318,6 +318,19 @@ def mark(
             continue
         n = min(len(path), len(other_path))
         if path[:n] == other_path[:n]:
+            apart = all(
+                p[: len(other_path)] != other_path and other_path[: len(p)] != p
+                for p in paths
+            )
+            if several and apart:
+                raise ValueError(
+                    _TUPLE_AROUND.format(
+                        fn=fn,
+                        name=name,
+                        node=path_str(path) or "(the model)",
+                        other=other.groups[0].name if _is_masked(other) else other.name,
+                    )
+                )
             if _is_masked(other):
                 others = ", ".join(f"'{g.name}'" for g in other.groups)
                 raise ValueError(_MASK_NESTED.format(fn=fn, name=name, others=others))
@@ -438,6 +451,11 @@ _SIMPLEX_SHORT = (
     "constrained to the simplex over its last axis, which needs at least 2 "
     "components (a 1-component simplex is the constant 1). Give the leaf a last "
     "axis of length >= 2, or leave it out of the group."
+)
+_TUPLE_AROUND = (
+    "`{fn}(..., where=...)` for group '{name}': the sub-trees `where` returned "
+    "meet at `{node}`, which already holds the group '{other}'. A group of several "
+    "sub-trees is placed at their common node: mark it first, then '{other}'."
 )
 _WHERE_TUPLE_MASK = (
     "`{fn}(..., where=..., mask=...)`: `where` returned a tuple of sub-trees, "

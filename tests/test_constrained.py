@@ -275,6 +275,13 @@ def test_constraint_contradicts_support():
     )
 
 
+def test_tuple_group_around_an_earlier_group():
+    h = Hierarchy(jnp.array(0.0), jnp.array(1.0), jnp.zeros(3))
+    marked = eb.optimise(h, optax.adam(1e-2), where=lambda m: m.theta)
+    with pytest.raises(ValueError, match=re.escape("mark it first, then 'theta'")):
+        eb.bayesian(marked, blackjax.nuts, where=lambda m: (m.mu, m.tau))
+
+
 def test_simplex_of_length_one():
     with pytest.raises(ValueError, match=re.escape("needs at least 2 components")):
         eb.bayesian(Mixture(jnp.ones(1)), blackjax.nuts, prior=eb.priors.dirichlet(1.0))
