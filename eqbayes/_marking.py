@@ -163,6 +163,10 @@ _MASK_OVERLAP = (
     "`{fn}(..., mask=...)` for group '{name}': the mask selects leaves that "
     "already belong to group '{other}'. Masks on one sub-tree must be disjoint."
 )
+_WHERE_OVERLAP = (
+    "`{fn}(..., where=...)` for group '{name}': the selected leaves already belong "
+    "to group '{other}'. A leaf can belong to one group only; select other leaves."
+)
 _MASK_NESTED = (
     "`{fn}(..., where=...)` for group '{name}': the selected sub-tree overlaps the "
     "masked group(s) {others} marked on a different sub-tree. Masked groups that "
@@ -289,7 +293,7 @@ def mark(
         if several:
             name = "(" + ", ".join(path_str(p) or "(model)" for p in paths) + ")"
         else:
-            name = path_str(path) or type(plain).__name__
+            name = path_str(paths[0]) or type(plain).__name__
         if mask is not None:
             name = f"{name}/mask{0 if host is None else len(host.groups)}"
     flags = None
@@ -365,9 +369,8 @@ def mark(
         members = () if host is None else host.groups
         for member in members:
             if any(a and b for a, b in zip(flags, _claimed(member.value))):
-                raise ValueError(
-                    _MASK_OVERLAP.format(fn=fn, name=name, other=member.name)
-                )
+                message = _MASK_OVERLAP if mask is not None else _WHERE_OVERLAP
+                raise ValueError(message.format(fn=fn, name=name, other=member.name))
         leaves, treedef = jax.tree.flatten(subtree)
         value = jax.tree.unflatten(
             treedef, [x if f else None for x, f in zip(leaves, flags)]

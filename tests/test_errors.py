@@ -287,7 +287,12 @@ def test_bad_masks():
     ):
         eb.bayesian(model, blackjax.nuts, mask=Coefficients(True, True))
     with pytest.raises(ValueError, match=re.escape("must use the same `where`")):
-        eb.bayesian(model, blackjax.nuts, where=lambda m: m.b)
+        eb.bayesian(model, blackjax.nuts, where=lambda m: m.b, mask=True)
+    with pytest.raises(ValueError, match=re.escape("already belong to group")):
+        eb.bayesian(model, blackjax.nuts, where=lambda m: m.a)
+    # A leaf the masks leave free joins the masked sub-tree as one more group.
+    joined = eb.bayesian(model, blackjax.nuts, where=lambda m: m.b)
+    assert [g.name for g in joined.groups] == ["Coefficients/mask0", "b"]
     with pytest.raises(ValueError, match=re.escape("already exists")):
         eb.bayesian(
             model,
