@@ -398,10 +398,8 @@ def _select(plain: PyTree, where: Any, fn: str) -> tuple[list[tuple], bool]:
     try:
         selection = where(plain)
         several = isinstance(selection, tuple)
-        holders = (
-            tuple(_Placeholder() for _ in selection) if several else _Placeholder()
-        )
-        marked = eqx.tree_at(where, plain, replace=holders)
+        wanted = tuple(_Placeholder() for _ in (selection if several else (0,)))
+        marked = eqx.tree_at(where, plain, replace=wanted if several else wanted[0])
     except Exception as err:  # noqa: BLE001 - re-raised with a clear message
         raise ValueError(_WHERE_FAILED.format(fn=fn, err=err)) from err
     found = {
@@ -411,7 +409,6 @@ def _select(plain: PyTree, where: Any, fn: str) -> tuple[list[tuple], bool]:
         )[0]
         if isinstance(leaf, _Placeholder)
     }
-    wanted = holders if several else (holders,)
     if not wanted or any(id(h) not in found for h in wanted):
         raise ValueError(_WHERE_MANY.format(fn=fn, n=len(found)))
     return [found[id(h)] for h in wanted], several
@@ -623,7 +620,7 @@ class _Spec:
                     fn=self.fn, name=self.name, leaf=leaf_name, shape=leaf.shape
                 )
             )
-        if not isinstance(leaf, jax.core.Tracer):
+        if _is_concrete(leaf):
             try:
                 inside = c.contains(np.asarray(leaf))
             except ValueError:  # bounds that do not broadcast against the leaf
@@ -641,6 +638,14 @@ class _Spec:
                     )
                 )
         return c
+
+
+def _is_concrete(x: Any) -> bool:
+    try:
+        np.asarray(x)
+    except jax.errors.TracerArrayConversionError:
+        return False
+    return True
 
 
 def _fn_name(call: str) -> str:
