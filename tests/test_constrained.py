@@ -369,3 +369,21 @@ def test_checkpoint_of_constrained_leaves(tmp_path):
     assert eqx.tree_equal(resumed.posterior.samples, full.posterior.samples)
     assert bool(jnp.all(resumed.posterior.samples.rate > 0))
     assert float(resumed.model.rate) > 0
+
+
+def test_initializer_in_unconstrained_space():
+    marked = eb.bayesian(
+        Rate(jnp.array(1.0)),
+        blackjax.nuts,
+        prior=eb.priors.gamma(2.0, 0.5),
+        warmup=100,
+        keep=200,
+        num_chains=2,
+        init=eb.initializers.laplace(),
+    )
+    result = eb.Solver(poisson_loss, progress=False).run(marked, key=jr.key(0))
+    draws = result.posterior.samples.rate
+    assert bool(jnp.all(draws > 0))
+    posterior = scipy.stats.gamma(2.0 + float(COUNTS.sum()), scale=1 / (0.5 + 8))
+    mcse = posterior.std() / np.sqrt(float(eb.ess(draws)))
+    assert abs(float(draws.mean()) - posterior.mean()) < 4 * mcse
