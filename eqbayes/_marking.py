@@ -8,21 +8,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from jaxtyping import PyTree
 
-from ._checks import check_prior
 from ._constrained import (
-    Constrained,
     get as _get,
-    LeafPriors,
+    NOT_GIVEN as _NOT_GIVEN,
+    path_str as path_str,
     resolve,
+    Spec,
     strip,
 )
 from ._groups import AbstractGroup, is_group
 from ._paramax import frozen_flags
-from .constraints import AbstractConstraint, is_subset, Real, Simplex
-from .priors import AbstractPrior
 
 
 logger = logging.getLogger("eqbayes")
@@ -95,23 +92,6 @@ def unwrap(model: PyTree) -> PyTree:
             lambda x: x.current() if is_group(x) else x, model, is_leaf=is_group
         )
     )
-
-
-def path_str(path: tuple) -> str:
-    """`layers[2].weight` from a key path."""
-    out = ""
-    for key in path:
-        if isinstance(key, GetAttrKey):
-            out += f".{key.name}"
-        elif isinstance(key, SequenceKey):
-            out += f"[{key.idx}]"
-        elif isinstance(key, DictKey):
-            out += f"[{key.key!r}]"
-        elif isinstance(key, FlattenedIndexKey):
-            out += f"[{key.key}]"
-        else:
-            out += str(key)
-    return out.lstrip(".")
 
 
 def _wrappers_with_paths(model: PyTree) -> list[tuple[tuple, Any]]:
@@ -204,9 +184,6 @@ def _claimed(value: PyTree) -> list[bool]:
     """Per leaf of a member's value: whether the member holds it (not None)."""
     flat = jax.tree.leaves(value, is_leaf=lambda x: x is None)
     return [x is not None for x in flat]
-
-
-_NOT_GIVEN: Any = object()
 
 
 def mark(
@@ -355,7 +332,7 @@ def mark(
         selection = tuple(_get(plain, p) for p in paths)
     else:
         selection = _get(plain, paths[0])
-    spec = _Spec(selection, several, offsets, path, prior, constraint, fn, name)
+    spec = Spec(selection, several, offsets, path, prior, constraint, fn, name)
 
     def build(value: PyTree) -> AbstractGroup:
         value, the_prior = spec.apply(value)
@@ -422,244 +399,17 @@ def _common_prefix(paths: list[tuple]) -> tuple:
     return first[:n]
 
 
-# -- priors and constraints per part of the selection -------------------------------
-
-_PRIOR_PREFIX = (
-    "`{fn}(..., {arg}=...)` for group '{name}': `{arg}` must be one {what} for the "
-    "whole selection, or a pytree of them that is a prefix of the selected "
-    "sub-tree(s) (a tuple with one entry per sub-tree for a tuple `where`, a dict "
-    "with the same keys, a Module of the same type). At `{at}` the selection holds "
-    "{node} but `{arg}` has {spec}."
-)
-_NOT_A = (
-    "`{fn}(..., {arg}=...)` for group '{name}': the entry at `{at}` is {spec!r} of "
-    "type `{type}`, not {what}. Use e.g. {example}."
-)
-_CONTRADICTS = (
-    "`{fn}(..., constraint={constraint!r})` for group '{name}': the leaf `{leaf}` "
-    "has a prior with support `{support!r}`, and the constraint `{constraint!r}` "
-    "is not inside it. Drop `constraint=` (the prior's support is used), or pass "
-    "a constraint inside the support."
-)
-_OUTSIDE = (
-    "`{fn}(...)` for group '{name}': the starting value of `{leaf}` is outside "
-    "the support `{support!r}` of its {why} (e.g. {example}). Set a value strictly "
-    "inside it in the model before marking (e.g. with `eqx.tree_at`)."
-)
-_SIMPLEX_SHORT = (
-    "`{fn}(...)` for group '{name}': the leaf `{leaf}` of shape {shape} is "
-    "constrained to the simplex over its last axis, which needs at least 2 "
-    "components (a 1-component simplex is the constant 1). Give the leaf a last "
-    "axis of length >= 2, or leave it out of the group."
-)
 _TUPLE_AROUND = (
     "`{fn}(..., where=...)` for group '{name}': the sub-trees `where` returned "
     "meet at `{node}`, which already holds the group '{other}'. A group of several "
     "sub-trees is placed at their common node: mark it first, then '{other}'."
 )
+
 _WHERE_TUPLE_MASK = (
     "`{fn}(..., where=..., mask=...)`: `where` returned a tuple of sub-trees, "
     "which already selects the group's leaves; `mask=` cannot be combined with it. "
     "Select the leaves with `where` alone, or use one sub-tree and a mask."
 )
-
-
-def _is_node_of(spec: Any, node: Any, leaf_type: type) -> bool:
-    """Whether `spec` is a container matching the container `node` (rather than
-    one prior / constraint for the whole of `node`)."""
-    if isinstance(spec, leaf_type):
-        return False
-    if isinstance(spec, (tuple, list, dict)):
-        return True
-    return isinstance(spec, eqx.Module) and type(spec) is type(node)
-
-
-def _children(x: Any) -> list[tuple[Any, Any]]:
-    flat = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)[0]
-    return [(path[0], child) for path, child in flat]
-
-
-class _Spec:
-    """Matches `prior=` / `constraint=` prefix pytrees against a selection and
-    turns the selected value into its unconstrained form."""
-
-    def __init__(
-        self, selection, several, offsets, anchor, prior, constraint, fn, name
-    ):
-        self.several, self.offsets = several, offsets
-        self.anchor, self.fn, self.name = anchor, fn, name
-        self.has_prior = prior is not _NOT_GIVEN
-        self.priors = (
-            self._match(prior, selection, "prior") if self.has_prior else [((), None)]
-        )
-        self.constraints = self._match(constraint, selection, "constraint")
-        self.plain_prior = prior
-
-    def _match(self, spec, selection, arg):
-        leaf_type = AbstractPrior if arg == "prior" else AbstractConstraint
-        out: list[tuple[tuple, Any]] = []
-
-        def walk(s, node, path):
-            if s is None or isinstance(s, leaf_type):
-                out.append((path, s))
-                return
-            if _is_node_of(s, node, leaf_type):
-                same = type(s) is type(node)
-                if same:
-                    mine, theirs = _children(s), _children(node)
-                    same = [k for k, _ in mine] == [k for k, _ in theirs]
-                if not same:
-                    raise ValueError(
-                        _PRIOR_PREFIX.format(
-                            fn=self.fn,
-                            arg=arg,
-                            name=self.name,
-                            what="prior" if arg == "prior" else "constraint",
-                            at=path_str(self._absolute(path)) or "(the selection)",
-                            node=_describe(node),
-                            spec=_describe(s),
-                        )
-                    )
-                for (key, a), (_, b) in zip(mine, theirs):
-                    walk(a, b, (*path, key))
-                return
-            if arg == "prior" and callable(s):
-                out.append((path, s))
-                return
-            raise TypeError(
-                _NOT_A.format(
-                    fn=self.fn,
-                    arg=arg,
-                    name=self.name,
-                    at=path_str(self._absolute(path)) or "(the selection)",
-                    spec=s,
-                    type=type(s).__name__,
-                    what="a prior" if arg == "prior" else "an `eb.constraints` object",
-                    example="`eb.priors.normal(0.0, 1.0)`"
-                    if arg == "prior"
-                    else "`eb.constraints.positive`",
-                )
-            )
-
-        walk(spec, selection, ())
-        # Paths relative to the group's value.
-        return [(self._relative(p), s) for p, s in out]
-
-    def _relative(self, path: tuple) -> tuple:
-        """A path into the selection as a path into the group's value."""
-        if not self.several:
-            return (*self.offsets[0], *path)
-        if not path:
-            return ()
-        return (*self.offsets[path[0].idx], *path[1:])
-
-    def _absolute(self, path: tuple) -> tuple:
-        return (*self.anchor, *self._relative(path))
-
-    @staticmethod
-    def _owner(entries, path):
-        best = None
-        for p, s in entries:
-            if path[: len(p)] == p and (best is None or len(p) > len(best[0])):
-                best = (p, s)
-        return best
-
-    def apply(self, value: PyTree) -> tuple[PyTree, Any]:
-        """`(value with constrained leaves unconstrained, the group's log prior)`."""
-        leaves = jax.tree_util.tree_flatten_with_path(value)[0]
-        held: set[tuple] = set()
-        replaced = []
-        any_constrained = False
-        for path, leaf in leaves:
-            if not eqx.is_inexact_array(leaf):
-                continue
-            owner = self._owner(self.priors, path)
-            prior_path, the_prior = owner if owner is not None else ((), None)
-            held.add(prior_path)
-            _, given = self._owner(self.constraints, path) or ((), None)
-            c = self._constraint_of(path, leaf, the_prior, given)
-            if c is not None:
-                replaced.append((path, Constrained(c.inverse(leaf), c)))
-                any_constrained = True
-        for path, node in replaced:
-            if not path:
-                value = node
-                continue
-            value = eqx.tree_at(lambda v, p=path: _get(v, p), value, replace=node)
-        if not self.has_prior:
-            return value, None
-        single = len(self.priors) == 1 and self.priors[0][0] == ()
-        if single and not any_constrained:
-            return value, check_prior(self.plain_prior, self.name, _fn_name(self.fn))
-        parts = tuple(
-            (p, check_prior(s, self.name, _fn_name(self.fn)))
-            for p, s in self.priors
-            if p in held
-        )
-        return value, LeafPriors(parts)
-
-    def _constraint_of(self, path, leaf, the_prior, given):
-        leaf_name = path_str((*self.anchor, *path)) or "(the model)"
-        support = the_prior.support if isinstance(the_prior, AbstractPrior) else None
-        if given is not None and support is not None and not is_subset(given, support):
-            raise ValueError(
-                _CONTRADICTS.format(
-                    fn=self.fn,
-                    name=self.name,
-                    leaf=leaf_name,
-                    support=support,
-                    constraint=given,
-                )
-            )
-        c = given if given is not None else support
-        if c is None or isinstance(c, Real):
-            return None
-        if isinstance(c, Simplex) and (leaf.ndim == 0 or leaf.shape[-1] < 2):
-            raise ValueError(
-                _SIMPLEX_SHORT.format(
-                    fn=self.fn, name=self.name, leaf=leaf_name, shape=leaf.shape
-                )
-            )
-        if _is_concrete(leaf):
-            try:
-                inside = c.contains(np.asarray(leaf))
-            except ValueError:  # bounds that do not broadcast against the leaf
-                inside = False
-            if not inside:
-                flat = np.asarray(leaf).ravel()
-                raise ValueError(
-                    _OUTSIDE.format(
-                        fn=self.fn,
-                        name=self.name,
-                        leaf=leaf_name,
-                        support=c,
-                        why="constraint" if given is not None else "prior",
-                        example=f"{flat[:4].tolist()}{' ...' if flat.size > 4 else ''}",
-                    )
-                )
-        return c
-
-
-def _is_concrete(x: Any) -> bool:
-    try:
-        np.asarray(x)
-    except jax.errors.TracerArrayConversionError:
-        return False
-    return True
-
-
-def _fn_name(call: str) -> str:
-    return call[3:] if call.startswith("eb.") else call
-
-
-def _describe(x: Any) -> str:
-    if eqx.is_array(x):
-        return f"an array of shape {x.shape}"
-    if isinstance(x, (tuple, list)):
-        return f"a {type(x).__name__} of {len(x)}"
-    if isinstance(x, dict):
-        return f"a dict with keys {sorted(map(str, x))}"
-    return f"a `{type(x).__name__}`"
 
 
 _FIXED = (
