@@ -9,6 +9,7 @@ import importlib.metadata
 
 from . import (
     callbacks as callbacks,
+    constraints as constraints,
     diagnostics as diagnostics,
     initializers as initializers,
     nn as nn,
@@ -36,6 +37,7 @@ from ._marking import mark as mark, MaskedGroup as MaskedGroup, unwrap as unwrap
 from ._mcmc import KernelDiagnostics as KernelDiagnostics
 from ._optax import OptaxGroup as OptaxGroup, optimise as optimise
 from ._posterior import History as History, Posterior as Posterior, Result as Result
+from ._sample_prior import sample_prior as sample_prior
 from ._solver import Solver as Solver, SolverState as SolverState, Substep as Substep
 from ._summary import Summary as Summary
 from ._vi import (

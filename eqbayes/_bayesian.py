@@ -15,8 +15,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from . import _mcmc
-from ._checks import check_float, check_int, check_likelihood_scale, check_prior
-from ._custom_types import ArrayTree
+from ._checks import check_float, check_int, check_likelihood_scale
 from ._groups import AbstractChainGroup, chain_flags, Context, GroupResult, Solve
 from ._kernels import (
     check_kernel_kwargs,
@@ -373,7 +372,8 @@ def bayesian(
     *,
     where: Callable[[PyTree], Any] | None = None,
     mask: PyTree | None = None,
-    prior: Callable[[ArrayTree], Any] | None = None,
+    prior: Any = None,
+    constraint: Any = None,
     warmup: int = 500,
     keep: int = 1000,
     thin: int = 1,
@@ -397,7 +397,8 @@ def bayesian(
     $$\log p(\theta) = -s \cdot \text{loss}(\text{model}(\theta), \dots)
         + \log \text{prior}(\theta)$$
 
-    where $s$ is `likelihood_scale`,
+    where $s$ is `likelihood_scale` (for constrained leaves, in terms of the
+    unconstrained $z$ with $\theta = T(z)$, plus $\log|\det J_T(z)|$),
 
     and every other part of the model is at its current value. Several groups in one
     model are stepped in a fixed cycle (Metropolis-within-Gibbs), one transition
@@ -424,8 +425,19 @@ def bayesian(
         are (frozen, trained by `Solver(optimizer=...)`, or held by other masked
         groups: several groups with disjoint masks may share one sub-tree). The
         prior sees only the masked leaves, and only they are stored per draw.
-    - `prior`: a callable `position -> log density`, seeing only this group's
-        position; `None` means `eb.priors.gaussian(10.0)`.
+    - `prior`: a prior from [`eqbayes.priors`][] or any callable
+        `position -> log density` seeing only this group's position; or a pytree
+        of priors that is a prefix of the selected sub-tree (a tuple with one
+        entry per sub-tree for a tuple `where`, a dict, a Module of the same
+        type), each applying to its part. `None` means
+        `eb.priors.gaussian(10.0)`. A leaf whose prior has a constrained
+        `support` (`half_cauchy`, `gamma`, `beta`, `dirichlet`, ...) is sampled
+        in unconstrained space (see [Priors](../priors.md)).
+    - `constraint`: an [`eqbayes.constraints`][] object (or a prefix pytree of
+        them, like `prior`) for leaves whose prior does not declare its support,
+        such as your own functions: the leaf is sampled as $z$ with
+        $\theta = T(z)$ and $\log|\det J_T(z)|$ added to the log density. It
+        must lie inside the prior's support; `None` uses the support.
     - `warmup`: solver steps spent warming up before any draw is kept. For
         HMC-family kernels (NUTS, HMC) with `adapt` on, Stan's window adaptation
         tunes the step size and the inverse mass matrix (see `metric`) during these
@@ -434,7 +446,9 @@ def bayesian(
     - `thin`: keep one draw every `thin` post-warmup steps.
     - `num_chains`: independent chains K, run in parallel with `jax.vmap`. All
         groups of one solve must have the same K.
-    - `init_jitter`: chain k starts at θ₀ + init_jitter·N(0, I).
+    - `init_jitter`: chain k starts at θ₀ + init_jitter·N(0, I) (at a
+        constrained leaf, z₀ + init_jitter·N(0, I) in unconstrained space, so
+        every start lies inside the support).
     - `adapt`: how HMC-family kernels are tuned during warmup (for other kernels
         there is nothing to adapt: the setting is ignored, with a log line).
         `True` (the default): each chain runs its own window adaptation (its own
@@ -508,7 +522,7 @@ def bayesian(
         ```
     """
 
-    def make(subtree: PyTree, group_name: str) -> BayesianLeaf:
+    def make(subtree: PyTree, group_name: str, the_prior: Any) -> BayesianLeaf:
         the_init = None if init is None else check_initializer(init, group_name)
         spec = kernel_spec(kernel, group_name)
         w = check_int(warmup, "warmup", group_name, 0, "Use `warmup=0` for none.")
@@ -585,7 +599,6 @@ def bayesian(
                         )
                     ) from None
                 static.append((key, value))
-        the_prior = check_prior(prior, group_name)
         config = MCMCConfig(
             kernel=spec,
             prior=the_prior,
@@ -606,7 +619,16 @@ def bayesian(
             value=subtree, config=config, name=group_name, arrays=arrays
         )
 
-    return mark(model, make, where=where, mask=mask, name=name, call="eb.bayesian")
+    return mark(
+        model,
+        make,
+        where=where,
+        mask=mask,
+        name=name,
+        call="eb.bayesian",
+        prior=prior,
+        constraint=constraint,
+    )
 
 
 def _check_metric(metric: Any, spec, kwargs: dict[str, Any], name: str) -> str:

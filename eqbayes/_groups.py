@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
+from ._constrained import resolve
 from ._custom_types import ArrayTree
 from ._sharding import over_chains
 
@@ -300,13 +301,16 @@ class AbstractGroup(eqx.Module):
     # -- helpers (final) ---------------------------------------------------------------
 
     def materialise(self, position: ArrayTree) -> PyTree:
-        """The plain sub-tree with the group's leaves set to `position`."""
+        """The plain sub-tree with the group's leaves set to `position` (its
+        constrained leaves, stored unconstrained, mapped to their constrained
+        values)."""
         _, rest = eqx.partition(self.value, eqx.is_inexact_array)
-        return eqx.combine(position, rest)
+        return resolve(eqx.combine(position, rest))
 
     def initial_position(self) -> ArrayTree:
         """The group's leaves as marked: the floating-point array leaves of
-        `value` (None elsewhere)."""
+        `value` (None elsewhere); a constrained leaf is its unconstrained array,
+        inside the node that maps it back."""
         return eqx.filter(self.value, eqx.is_inexact_array)
 
     # -- the interface -----------------------------------------------------------------
@@ -362,7 +366,7 @@ class AbstractChainGroup(AbstractGroup):
 
     def current(self) -> PyTree:
         if self.state is None:
-            return self.value
+            return resolve(self.value)
         return self.materialise(jax.tree.map(lambda x: x[0], self.positions()))
 
     # -- the interface -----------------------------------------------------------------

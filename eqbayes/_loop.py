@@ -22,6 +22,7 @@ from ._groups import (
 )
 from ._marking import collapse
 from ._optax import OptaxGroup
+from ._paramax import frozen_flags
 from ._sharding import over_chains
 
 
@@ -89,8 +90,11 @@ def _is_unmarked(x: Any) -> bool:
 
 
 def unmarked_leaves(model: PyTree) -> list[Any]:
-    """The unmarked floating-point leaves of a marked model, in flattening order."""
-    return [x for x in jax.tree.leaves(model, is_leaf=is_group) if _is_unmarked(x)]
+    """The unmarked floating-point leaves of a marked model, in flattening order
+    (without those inside a `paramax.NonTrainable`)."""
+    leaves = jax.tree.leaves(model, is_leaf=is_group)
+    frozen = frozen_flags(model, is_group)
+    return [x for x, f in zip(leaves, frozen) if _is_unmarked(x) and not f]
 
 
 class Parts:
@@ -104,7 +108,12 @@ class Parts:
         self.rest: list[int] = []
         if unmarked is not None:
             groups.append(unmarked)
-            self.rest = [i for i, x in enumerate(self.leaves) if _is_unmarked(x)]
+            frozen = frozen_flags(model, is_group)
+            self.rest = [
+                i
+                for i, (x, f) in enumerate(zip(self.leaves, frozen))
+                if _is_unmarked(x) and not f
+            ]
         self.groups = groups
         self.has_unmarked = unmarked is not None
 

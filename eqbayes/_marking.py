@@ -8,10 +8,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from jaxtyping import PyTree
 
+from ._constrained import (
+    get as _get,
+    NOT_GIVEN as _NOT_GIVEN,
+    path_str as path_str,
+    resolve,
+    Spec,
+    strip,
+)
 from ._groups import AbstractGroup, is_group
+from ._paramax import frozen_flags
 
 
 logger = logging.getLogger("eqbayes")
@@ -47,12 +55,14 @@ def _is_masked(x: Any) -> bool:
     return isinstance(x, MaskedGroup)
 
 
-def collapse(tree: PyTree) -> PyTree:
+def collapse(tree: PyTree, *, constrained: bool = True) -> PyTree:
     """Replaces every `MaskedGroup` (whose members are already plain sub-trees) by
-    the plain sub-tree."""
-    return jax.tree.map(
+    the plain sub-tree, and every constrained leaf by its value (its unconstrained
+    array when `constrained=False`)."""
+    tree = jax.tree.map(
         lambda x: x.combined() if _is_masked(x) else x, tree, is_leaf=_is_masked
     )
+    return resolve(tree) if constrained else strip(tree)
 
 
 def unwrap(model: PyTree) -> PyTree:
@@ -84,45 +94,20 @@ def unwrap(model: PyTree) -> PyTree:
     )
 
 
-def path_str(path: tuple) -> str:
-    """`layers[2].weight` from a key path."""
-    out = ""
-    for key in path:
-        if isinstance(key, GetAttrKey):
-            out += f".{key.name}"
-        elif isinstance(key, SequenceKey):
-            out += f"[{key.idx}]"
-        elif isinstance(key, DictKey):
-            out += f"[{key.key!r}]"
-        elif isinstance(key, FlattenedIndexKey):
-            out += f"[{key.key}]"
-        else:
-            out += str(key)
-    return out.lstrip(".")
-
-
 def _wrappers_with_paths(model: PyTree) -> list[tuple[tuple, Any]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(model, is_leaf=is_wrapper)
     return [(path, leaf) for path, leaf in flat if is_wrapper(leaf)]
 
 
 def _marked_value(x: Any) -> PyTree:
-    return x.marked_value() if _is_masked(x) else x.value
+    return resolve(x.marked_value() if _is_masked(x) else x.value)
 
 
-def _get(tree: Any, path: tuple) -> Any:
-    for key in path:
-        if isinstance(key, GetAttrKey):
-            tree = getattr(tree, key.name)
-        elif isinstance(key, SequenceKey):
-            tree = tree[key.idx]
-        elif isinstance(key, DictKey):
-            tree = tree[key.key]
-        else:  # pragma: no cover - exotic pytree nodes
-            raise TypeError(f"Cannot follow the key {key!r} of a path into a model.")
-    return tree
-
-
+_WHERE_MANY = (
+    "`{fn}(..., where=...)`: `where` selected {n} sub-trees of the model; it must "
+    "return one sub-tree (a leaf, a layer, or the whole model) or a non-empty "
+    "tuple of them, e.g. `where=lambda m: (m.mu, m.tau)`."
+)
 _WHERE_EMPTY = (
     "`{fn}(..., where=...)` for group '{name}': the selected sub-tree has no "
     "floating-point array leaves, so there is nothing to infer. Select a sub-tree "
@@ -137,39 +122,9 @@ _OVERLAP = (
 )
 _WHERE_FAILED = (
     "`{fn}(..., where=...)`: calling `where` on the (unwrapped) model failed with "
-    "{err!r}. `where` takes the plain model and returns one of its sub-trees (or a "
-    "tuple of disjoint sub-trees, which form one group), "
-    "e.g. `where=lambda m: m.layers[-1]`."
+    "{err!r}. `where` takes the plain model and returns one of its sub-trees "
+    "(or a tuple of disjoint ones), e.g. `where=lambda m: m.layers[-1]`."
 )
-
-
-_WHERE_TUPLE_MASK = (
-    "`{fn}(..., where=..., mask=...)`: `where` returned {n} sub-trees, so `mask` "
-    "must be a tuple of {n} masks, one per sub-tree (or `True`); got {mask!r}."
-)
-
-
-def _several(plain: PyTree, paths: list[tuple], mask: Any, fn: str):
-    """A `where` that returned several disjoint sub-trees, as one group: the
-    sub-trees' nearest common ancestor with a mask selecting them (and, with
-    `mask=`, only the leaves each sub-tree's mask selects). Returns `(path, mask,
-    default name)`. (`eqx.tree_at` has already rejected nested sub-trees.)"""
-    depth = 0
-    while all(len(p) > depth and p[depth] == paths[0][depth] for p in paths):
-        depth += 1
-    ancestor = paths[0][:depth]
-    if mask is None or mask is True:
-        masks = [True] * len(paths)
-    elif isinstance(mask, (tuple, list)) and len(mask) == len(paths):
-        masks = list(mask)
-    else:
-        raise ValueError(_WHERE_TUPLE_MASK.format(fn=fn, n=len(paths), mask=mask))
-    base = _get(plain, ancestor) if ancestor else plain
-    flags = jax.tree.map(lambda _: False, base)
-    inner = [p[depth:] for p in paths]
-    combined = eqx.tree_at(lambda t: [_get(t, p) for p in inner], flags, replace=masks)
-    name = "(" + ", ".join(path_str(p) for p in paths) + ")"
-    return ancestor, combined, name
 
 
 _MASK_STRUCTURE = (
@@ -187,6 +142,10 @@ _MASK_EMPTY = (
 _MASK_OVERLAP = (
     "`{fn}(..., mask=...)` for group '{name}': the mask selects leaves that "
     "already belong to group '{other}'. Masks on one sub-tree must be disjoint."
+)
+_WHERE_OVERLAP = (
+    "`{fn}(..., where=...)` for group '{name}': the selected leaves already belong "
+    "to group '{other}'. A leaf can belong to one group only; select other leaves."
 )
 _MASK_NESTED = (
     "`{fn}(..., where=...)` for group '{name}': the selected sub-tree overlaps the "
@@ -229,12 +188,14 @@ def _claimed(value: PyTree) -> list[bool]:
 
 def mark(
     model: PyTree,
-    make: Callable[[PyTree, str], AbstractGroup],
+    make: Callable[..., AbstractGroup],
     *,
     where: Callable[[PyTree], Any] | None = None,
     mask: Any = None,
     name: str | None = None,
     call: str = "eb.mark",
+    prior: Any = _NOT_GIVEN,
+    constraint: Any = None,
 ) -> PyTree:
     """Puts a group in place of a sub-tree of `model`: what every marking function
     ([`eqbayes.bayesian`][], [`eqbayes.vi`][], [`eqbayes.optimise`][]) does, for
@@ -246,22 +207,34 @@ def mark(
     selection is made here: a sub-tree without floating-point leaves, an overlap
     with another group, a name used twice are clear errors naming `call`.
 
+    A `where` returning a tuple of sub-trees makes them one group (placed at their
+    closest common node, with the rest of that node left as it is).
+
+    Constrained leaves (a `constraint=`, or a prior whose `support` is
+    constrained) are stored in the group's value in unconstrained space, so the
+    group's position is $z$; the plain model (the loss, `eb.unwrap`, the
+    posterior's samples) sees $\theta = T(z)$.
+
     **Arguments:**
 
     - `model`: any pytree, usually an `eqx.Module`; may already hold other groups.
     - `make`: `make(subtree, name) -> group`: builds the group from the selected
         sub-tree (with `mask=`, the sub-tree with `None` outside the mask) and
-        its name.
+        its name. When `prior=` is passed, `make(subtree, name, prior)`, with
+        `prior` the group's log prior over its position (the per-part priors and
+        the Jacobians of the constraints folded into one callable).
     - `where`: selects the sub-tree, like `eqx.tree_at`'s `where`; `None` means
-        the whole model. A tuple of disjoint sub-trees forms one group (held as
-        a masked group on their nearest common ancestor; named after their paths
-        unless `name=` is given).
-    - `mask`: a pytree of bools over the selected sub-tree (or a prefix of it);
-        with a tuple of sub-trees, a tuple of masks, one per sub-tree.
+        the whole model.
+    - `mask`: a pytree of bools over the selected sub-tree (or a prefix of it).
     - `name`: the group's name; defaults to the `where` path or the model's class
         name.
     - `call`: how error messages name the marking function, e.g.
         `"noise_precision"`.
+    - `prior`: for groups with a prior: a prior, or a pytree of priors that is a
+        prefix of the selection (a tuple for a tuple `where`); `None` entries mean
+        `eb.priors.gaussian(10.0)`.
+    - `constraint`: an [`eqbayes.constraints`][] object, or a prefix pytree of
+        them (`None` entries: the prior's support).
 
     **Returns:**
 
@@ -272,55 +245,73 @@ def mark(
     plain = jax.tree.map(
         lambda x: _marked_value(x) if is_wrapper(x) else x, model, is_leaf=is_wrapper
     )
-    placeholder = _Placeholder()
-    if where is None:
-        marked = placeholder
-    else:
-        try:
-            marked = eqx.tree_at(where, plain, replace_fn=lambda _: placeholder)
-        except Exception as err:  # noqa: BLE001 - re-raised with a clear message
-            raise ValueError(_WHERE_FAILED.format(fn=fn, err=err)) from err
-    found = [
-        (path, leaf)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(
-            marked, is_leaf=lambda x: x is placeholder
-        )[0]
-        if leaf is placeholder
+    paths, several = _select(plain, where, fn)
+    if several and mask is not None:
+        raise ValueError(_WHERE_TUPLE_MASK.format(fn=fn))
+    # A selection inside a masked sub-tree joins it as one more member.
+    enclosing = [
+        p for p, w in existing if _is_masked(w) and all(q[: len(p)] == p for q in paths)
     ]
-    if len(found) > 1:
-        path, mask, default = _several(plain, [p for p, _ in found], mask, fn)
-        name = default if name is None else name
+    by_paths = several or (mask is None and bool(enclosing))
+    if by_paths and enclosing:
+        path = enclosing[0]
     else:
-        path = found[0][0]
+        path = _common_prefix(paths) if several else paths[0]
     subtree = _get(plain, path) if path else plain
+    # Leaves inside a `paramax.NonTrainable` never join a group.
+    frozen = frozen_flags(subtree)
+    by_paths = by_paths or (mask is None and any(frozen))
+    masked = mask is not None or by_paths
     host = None
-    if mask is not None:
+    if masked:
         hosts = [w for p, w in existing if p == path and _is_masked(w)]
         host = hosts[0] if hosts else None
     if name is None:
-        name = path_str(path) or type(plain).__name__
+        if several:
+            name = "(" + ", ".join(path_str(p) or "(model)" for p in paths) + ")"
+        else:
+            name = path_str(paths[0]) or type(plain).__name__
         if mask is not None:
             name = f"{name}/mask{0 if host is None else len(host.groups)}"
     flags = None
     selected = jax.tree_util.tree_flatten_with_path(subtree)[0]
-    if mask is None:
+    if not masked:
         if not jax.tree.leaves(eqx.filter(subtree, eqx.is_inexact_array)):
             raise ValueError(_WHERE_EMPTY.format(fn=fn, name=name))
     else:
-        chosen = _mask_flags(mask, subtree, fn, name)
+        if by_paths:
+            rels = [p[len(path) :] for p in paths]
+            chosen = [any(q[: len(r)] == r for r in rels) for q, _ in selected]
+        else:
+            chosen = _mask_flags(mask, subtree, fn, name)
         selected = [s for s, c in zip(selected, chosen) if c]
         flags = [
-            c and eqx.is_inexact_array(x)
-            for c, x in zip(chosen, jax.tree.leaves(subtree))
+            c and eqx.is_inexact_array(x) and not f
+            for c, x, f in zip(chosen, jax.tree.leaves(subtree), frozen)
         ]
         if not any(flags):
-            raise ValueError(_MASK_EMPTY.format(fn=fn, name=name))
+            raise ValueError(
+                (_WHERE_EMPTY if by_paths else _MASK_EMPTY).format(fn=fn, name=name)
+            )
     _warn_fixed(selected, path, fn, name)
     for other_path, other in existing:
         if other is host:
             continue
         n = min(len(path), len(other_path))
         if path[:n] == other_path[:n]:
+            apart = all(
+                p[: len(other_path)] != other_path and other_path[: len(p)] != p
+                for p in paths
+            )
+            if several and apart:
+                raise ValueError(
+                    _TUPLE_AROUND.format(
+                        fn=fn,
+                        name=name,
+                        node=path_str(path) or "(the model)",
+                        other=other.groups[0].name if _is_masked(other) else other.name,
+                    )
+                )
             if _is_masked(other):
                 others = ", ".join(f"'{g.name}'" for g in other.groups)
                 raise ValueError(_MASK_NESTED.format(fn=fn, name=name, others=others))
@@ -336,20 +327,32 @@ def mark(
                     f"`{fn}(..., name={name!r})`: a group named '{name}' already "
                     "exists in this model. Give each group its own `name=`."
                 )
+    offsets = [p[len(path) :] for p in paths]
+    if several:
+        selection = tuple(_get(plain, p) for p in paths)
+    else:
+        selection = _get(plain, paths[0])
+    spec = Spec(selection, several, offsets, path, prior, constraint, fn, name)
+
+    def build(value: PyTree) -> AbstractGroup:
+        value, the_prior = spec.apply(value)
+        if prior is _NOT_GIVEN:
+            return make(value, name)
+        return make(value, name, the_prior)
+
     if flags is None:
-        node = make(subtree, name)
+        node = build(subtree)
     else:
         members = () if host is None else host.groups
         for member in members:
             if any(a and b for a, b in zip(flags, _claimed(member.value))):
-                raise ValueError(
-                    _MASK_OVERLAP.format(fn=fn, name=name, other=member.name)
-                )
+                message = _MASK_OVERLAP if mask is not None else _WHERE_OVERLAP
+                raise ValueError(message.format(fn=fn, name=name, other=member.name))
         leaves, treedef = jax.tree.flatten(subtree)
         value = jax.tree.unflatten(
             treedef, [x if f else None for x, f in zip(leaves, flags)]
         )
-        members = (*members, make(value, name))
+        members = (*members, build(value))
         claimed = [any(c) for c in zip(*(_claimed(m.value) for m in members))]
         rest = jax.tree.unflatten(
             treedef, [None if c else x for x, c in zip(leaves, claimed)]
@@ -362,6 +365,51 @@ def mark(
         if other is not host:
             out = eqx.tree_at(lambda m: _get(m, other_path), out, replace=other)
     return out
+
+
+def _select(plain: PyTree, where: Any, fn: str) -> tuple[list[tuple], bool]:
+    """The key paths `where` selects, in its order, and whether it returned a
+    tuple of sub-trees."""
+    if where is None:
+        return [()], False
+    try:
+        selection = where(plain)
+        several = isinstance(selection, tuple)
+        wanted = tuple(_Placeholder() for _ in (selection if several else (0,)))
+        marked = eqx.tree_at(where, plain, replace=wanted if several else wanted[0])
+    except Exception as err:  # noqa: BLE001 - re-raised with a clear message
+        raise ValueError(_WHERE_FAILED.format(fn=fn, err=err)) from err
+    found = {
+        id(leaf): path
+        for path, leaf in jax.tree_util.tree_flatten_with_path(
+            marked, is_leaf=lambda x: isinstance(x, _Placeholder)
+        )[0]
+        if isinstance(leaf, _Placeholder)
+    }
+    if not wanted or any(id(h) not in found for h in wanted):
+        raise ValueError(_WHERE_MANY.format(fn=fn, n=len(found)))
+    return [found[id(h)] for h in wanted], several
+
+
+def _common_prefix(paths: list[tuple]) -> tuple:
+    first = paths[0]
+    n = 0
+    while n < len(first) and all(len(p) > n and p[n] == first[n] for p in paths):
+        n += 1
+    return first[:n]
+
+
+_TUPLE_AROUND = (
+    "`{fn}(..., where=...)` for group '{name}': the sub-trees `where` returned "
+    "meet at `{node}`, which already holds the group '{other}'. A group of several "
+    "sub-trees is placed at their common node: mark it first, then '{other}'."
+)
+
+_WHERE_TUPLE_MASK = (
+    "`{fn}(..., where=..., mask=...)`: `where` returned a tuple of sub-trees, "
+    "which already selects the group's leaves; `mask=` cannot be combined with it. "
+    "Select the leaves with `where` alone, or use one sub-tree and a mask."
+)
 
 
 _FIXED = (

@@ -154,6 +154,7 @@ def optimise(
     mask: PyTree | None = None,
     chains: str = "first",
     name: str | None = None,
+    constraint: Any = None,
 ) -> PyTree:
     """Marks a sub-tree of `model` to be trained to a point estimate by optax.
 
@@ -173,6 +174,10 @@ def optimise(
         chain 0 (`"first"`, the default) or average it over the K chains
         (`"mean"`, K gradient evaluations per step).
     - `name`: the group's name in logs; defaults to the `where` path.
+    - `constraint`: an [`eqbayes.constraints`][] object, or a prefix pytree of
+        them over the selection: those leaves are optimised in unconstrained
+        space ($\theta = T(z)$, the optimiser steps $z$), so they stay inside
+        the set.
 
     **Returns:**
 
@@ -192,4 +197,12 @@ def optimise(
     def make(subtree: PyTree, group_name: str) -> OptaxGroup:
         return OptaxGroup(subtree, optimizer, chains, group_name)  # pyright: ignore
 
-    return mark(model, make, where=where, mask=mask, name=name, call="eb.optimise")
+    return mark(
+        model,
+        make,
+        where=where,
+        mask=mask,
+        name=name,
+        call="eb.optimise",
+        constraint=constraint,
+    )

@@ -129,12 +129,19 @@ class Posterior(eqx.Module):
         leaves with each draw.
     - `labels`: `(group name, group path, label prefix)` per group, which name the
         leaves in `summary` and `to_arviz` (filled in by the solver).
+    - `unconstrained`: the draws in the space they were sampled in, with the
+        structure of `samples`: at a constrained leaf (a prior with a constrained
+        support, or `constraint=`) the unconstrained $z$ with
+        $\theta = T(z)$ in `samples` (for `simplex`, one component fewer on the
+        last axis); elsewhere the same draws as `samples`. For diagnosis (a
+        sampler's geometry is that of $z$). None when not filled in.
     """
 
     samples: PyTree[Float[Array, "chain _draw ..."] | None]
     diagnostics: dict[str, KernelDiagnostics | None]
     model: PyTree
     labels: tuple[tuple[str, str, str], ...] = eqx.field(static=True, default=())
+    unconstrained: PyTree[Float[Array, "chain _draw ..."] | None] = None
 
     @property
     def has_chain(self) -> bool:

@@ -43,6 +43,7 @@ from ._loop import (
 )
 from ._marking import collapse, unwrap
 from ._optax import OptaxGroup
+from ._paramax import loss_for
 from ._posterior import History, Posterior, Result
 from ._summary import diagnostics_line, group_labels
 from .callbacks import Checkpoint, ProgressBar
@@ -317,7 +318,10 @@ class Solver(eqx.Module):
 
     @property
     def _program(self) -> Program:
-        return Program(self.loss, tuple((s.loss, s.groups) for s in self.substeps))
+        return Program(
+            loss_for(self.loss),
+            tuple((loss_for(s.loss), s.groups) for s in self.substeps),
+        )
 
     # -- init -> step -> result ---------------------------------------------------
 
@@ -399,7 +403,7 @@ class Solver(eqx.Module):
         first = _check_data(data, batch_size, everything)
         full, mini = loss_args(args, data, first)
         for loss in (self.loss, *(sub.loss for sub in self.substeps)):
-            _check_loss(loss, model, full)
+            _check_loss(loss_for(loss), model, full)
         init_key, run_key = split_key(key)
         if mesh is not None:
             args, data = _placed(args, data, mesh)
@@ -545,7 +549,7 @@ class Solver(eqx.Module):
                 groups,
                 j,
                 {l: p for l, p in positions.items() if l != j},
-                loss=self.loss,
+                loss=loss_for(self.loss),
                 full=full,
                 mini=full,
                 key=None,
@@ -558,7 +562,9 @@ class Solver(eqx.Module):
         leaves = [None] * len(parts.leaves)
         for i, r in zip(parts.index, results):
             leaves[i] = r.samples
-        samples = collapse(jax.tree.unflatten(parts.treedef, leaves))
+        draws = jax.tree.unflatten(parts.treedef, leaves)
+        samples = collapse(draws)
+        unconstrained = collapse(draws, constrained=False)
         named = list(zip((g.name for g in groups), results))
         diagnostics = {n: r.diagnostics for n, r in named if r.samples is not None}
         variational = {
@@ -568,7 +574,7 @@ class Solver(eqx.Module):
         if history is None:
             history = History(jnp.zeros((0,)), {})
         labels = group_labels(plain, state.model)
-        posterior = Posterior(samples, diagnostics, plain, labels)
+        posterior = Posterior(samples, diagnostics, plain, labels, unconstrained)
         return Result(plain, posterior, history, variational, state)
 
     # -- run ------------------------------------------------------------------------

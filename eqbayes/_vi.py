@@ -17,7 +17,7 @@ from blackjax.vi.fullrank_vi import FRVIState
 from blackjax.vi.meanfield_vi import MFVIState
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._checks import check_float, check_int, check_likelihood_scale, check_prior
+from ._checks import check_float, check_int, check_likelihood_scale
 from ._custom_types import ArrayTree
 from ._groups import AbstractGroup, Context, GroupResult, Solve
 from ._marking import mark
@@ -446,7 +446,8 @@ def vi(
     init_log_std: float = -3.0,
     init_mu_at_position: bool = True,
     likelihood_scale: float = 1.0,
-    prior: Callable[[ArrayTree], Any] | None = None,
+    prior: Any = None,
+    constraint: Any = None,
     name: str | None = None,
     init: Any = None,
 ) -> PyTree:
@@ -504,8 +505,13 @@ def vi(
         ELBO needs the full-data log-likelihood: for a mean squared error with
         Gaussian noise σ, `N / (2 σ²)`. Left at 1 the prior dominates and $q$
         stays wide.
-    - `prior`: a callable `position -> log density` over this group's position;
-        `None` means `eb.priors.gaussian(10.0)`.
+    - `prior`: a prior, a callable `position -> log density` over this group's
+        position, or a prefix pytree of priors, as in [`eqbayes.bayesian`][];
+        `None` means `eb.priors.gaussian(10.0)`. Leaves with a constrained
+        support are fitted in unconstrained space: $q$ is a Gaussian over $z$,
+        and its draws are mapped to $\theta = T(z)$.
+    - `constraint`: constraints for leaves whose prior does not declare one, as
+        in [`eqbayes.bayesian`][].
     - `name`: the group's name; defaults to the `where` path or the model's class
         name.
     - `init`: not accepted (an error says why): initializers warm start MCMC
@@ -526,7 +532,7 @@ def vi(
         ```
     """
 
-    def make(subtree: PyTree, group_name: str) -> VIGroup:
+    def make(subtree: PyTree, group_name: str, the_prior: Any) -> VIGroup:
         if init is not None:
             raise TypeError(_VI_INIT.format(name=group_name))
         family = _family(algorithm, group_name)
@@ -564,7 +570,7 @@ def vi(
         config = VIConfig(
             family=family,
             optimizer=optimizer,
-            prior=check_prior(prior, group_name, fn="vi"),
+            prior=the_prior,
             num_samples=samples,
             posterior_draws=draws,
             init_log_std=log_std,
@@ -573,4 +579,13 @@ def vi(
         )
         return VIGroup(value=subtree, config=config, name=group_name)
 
-    return mark(model, make, where=where, mask=mask, name=name, call="eb.vi")
+    return mark(
+        model,
+        make,
+        where=where,
+        mask=mask,
+        name=name,
+        call="eb.vi",
+        prior=prior,
+        constraint=constraint,
+    )

@@ -33,28 +33,53 @@ sampled floating leaves of the selected sub-tree of the model, not the whole mod
     ```
 """
 
+import abc
 import math
 import numbers
 from collections.abc import Callable
-from typing import final
+from typing import Any, final
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import gammaln
+import jax.random as jr
+import numpy as np
+from jax.scipy.special import betaln, gammaln
 
-from ._custom_types import Array, ArrayTree, Float
+from . import constraints as _constraints
+from ._custom_types import Array, ArrayLike, ArrayTree, Float, PRNGKeyArray
+from .constraints import AbstractConstraint, Constant, numpy_of
 
 
 __all__ = [
+    "AbstractDistribution",
+    "AbstractPrior",
+    "Beta",
+    "Dirichlet",
+    "Exponential",
+    "Gamma",
     "GaussianPrior",
+    "HalfCauchy",
+    "HalfNormal",
+    "LogNormal",
+    "Normal",
+    "Uniform",
     "LaplacePrior",
     "LayerwiseGaussianPrior",
     "StudentTPrior",
+    "beta",
+    "dirichlet",
+    "exponential",
+    "gamma",
     "gaussian",
+    "half_cauchy",
+    "half_normal",
     "laplace",
     "layerwise_gaussian",
+    "log_normal",
+    "normal",
     "student_t",
+    "uniform",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -118,8 +143,40 @@ def _gaussian_logpdf(leaf: Array, sigma: float) -> Array:
     return -0.5 * jnp.sum(jnp.square(leaf)) / sigma**2 - const
 
 
+class AbstractPrior(eqx.Module):
+    """A log density over a pytree of parameters, with the set it lives on.
+
+    Every built-in prior is one. Calling it on a pytree gives the log density (a
+    scalar, summed over the floating array leaves); `support` is the
+    [`eqbayes.constraints`][] object of the values it puts mass on (a group
+    samples a leaf whose prior has a constrained support in unconstrained
+    space); `sample(key, shape)` draws one leaf of that shape. A plain function
+    is a prior too (support `real`, no `sample`).
+    """
+
+    @abc.abstractmethod
+    def __call__(self, params: ArrayTree) -> Float[Array, ""]:
+        """The log density of `params` (any pytree; its floating leaves)."""
+
+    @property
+    @abc.abstractmethod
+    def support(self) -> AbstractConstraint:
+        """The set the prior puts its mass on."""
+
+    @abc.abstractmethod
+    def sample(
+        self, key: PRNGKeyArray, shape: tuple[int, ...] = (), dtype: Any = None
+    ) -> Float[Array, "..."]:
+        """A draw of one leaf of shape `shape` (default dtype: JAX's default
+        float)."""
+
+
+def _dtype(dtype: Any) -> Any:
+    return jax.dtypes.canonicalize_dtype(float if dtype is None else dtype)
+
+
 @final
-class GaussianPrior(eqx.Module):
+class GaussianPrior(AbstractPrior):
     r"""Independent zero-mean Gaussian prior on every component.
 
     $$\log p(\theta) = \sum_i \left[-\frac{\theta_i^2}{2\sigma_i^2}
@@ -165,9 +222,19 @@ class GaussianPrior(eqx.Module):
 
         return _sum_leaves(params, leaf_logpdf)
 
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.real
+
+    def sample(self, key, shape=(), dtype=None):
+        sigma = self.sigma
+        if self.fan_in_aware and len(shape) >= 2:
+            sigma = sigma / math.sqrt(math.prod(shape[1:]))
+        return sigma * jr.normal(key, shape, _dtype(dtype))
+
 
 @final
-class LaplacePrior(eqx.Module):
+class LaplacePrior(AbstractPrior):
     r"""Independent zero-mean Laplace prior on every component.
 
     $$\log p(\theta) = \sum_i \left[-\frac{|\theta_i|}{b} - \log(2b)\right]$$
@@ -202,9 +269,16 @@ class LaplacePrior(eqx.Module):
 
         return _sum_leaves(params, leaf_logpdf)
 
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.real
+
+    def sample(self, key, shape=(), dtype=None):
+        return self.scale * jr.laplace(key, shape, _dtype(dtype))
+
 
 @final
-class StudentTPrior(eqx.Module):
+class StudentTPrior(AbstractPrior):
     r"""Independent zero-mean Student-t prior on every component.
 
     $$\log p(\theta) = \sum_i \left[\log\Gamma\!\left(\tfrac{\nu+1}{2}\right)
@@ -256,9 +330,16 @@ class StudentTPrior(eqx.Module):
 
         return _sum_leaves(params, leaf_logpdf)
 
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.real
+
+    def sample(self, key, shape=(), dtype=None):
+        return self.scale * jr.t(key, self.df, shape, _dtype(dtype))
+
 
 @final
-class LayerwiseGaussianPrior(eqx.Module):
+class LayerwiseGaussianPrior(AbstractPrior):
     r"""Independent zero-mean Gaussian prior, with a standard deviation per leaf.
 
     Leaves with `ndim >= 2` (weights) get $\sigma = \sigma_\text{base} /
@@ -319,6 +400,19 @@ class LayerwiseGaussianPrior(eqx.Module):
             return _gaussian_logpdf(leaf, sigma)
 
         return _sum_leaves(params, leaf_logpdf)
+
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.real
+
+    def sample(self, key, shape=(), dtype=None):
+        if len(shape) < 2:
+            sigma = self.default_sigma
+        elif self.fan_in_aware:
+            sigma = self.base_sigma / math.sqrt(math.prod(shape[1:]))
+        else:
+            sigma = self.base_sigma
+        return sigma * jr.normal(key, shape, _dtype(dtype))
 
 
 def gaussian(sigma: float | int = 10.0, fan_in_aware: bool = False) -> GaussianPrior:
@@ -471,3 +565,473 @@ def layerwise_gaussian(
         ```
     """
     return LayerwiseGaussianPrior(base_sigma, default_sigma, fan_in_aware)
+
+
+# -- distributions with location, scale and a support --------------------------------
+
+_PARAM_MSG = (
+    "`eqbayes.priors.{fn}({argument}={value!r})`: `{argument}` must be {what}, got "
+    "{value!r}. Pass e.g. `{argument}={example}` (a number, or an array that "
+    "broadcasts against the leaf)."
+)
+_ORDER_MSG = (
+    "`eqbayes.priors.uniform(low={low!r}, high={high!r})`: `low` must be below "
+    "`high` everywhere. Pass e.g. `uniform(0.0, 1.0)`."
+)
+
+
+def _param(
+    value: Any, fn: str, argument: str, example: float, positive: bool = True
+) -> "float | Constant":
+    """A distribution parameter as a hashable constant, checked finite (and > 0)."""
+    what = "finite and > 0" if positive else "finite"
+    try:
+        out = Constant.of(value)
+        array = numpy_of(out)
+        ok = bool(np.all(np.isfinite(array)) and (not positive or np.all(array > 0)))
+    except (TypeError, ValueError):
+        ok = False
+    if isinstance(value, bool) or not ok:
+        raise ValueError(
+            _PARAM_MSG.format(
+                fn=fn, argument=argument, value=value, what=what, example=example
+            )
+        )
+    return out
+
+
+def _on(param: "float | Constant", shape: tuple[int, ...], dtype: Any) -> Array:
+    """A parameter broadcast to `shape` in `dtype`."""
+    return jnp.broadcast_to(jnp.asarray(numpy_of(param), dtype), shape)
+
+
+class AbstractDistribution(AbstractPrior):
+    """A prior that is a product of one distribution over every component of every
+    floating leaf (every vector along the last axis, for `Dirichlet`). Its
+    parameters broadcast against each leaf."""
+
+    @abc.abstractmethod
+    def log_prob(self, leaf: Float[Array, "..."]) -> Float[Array, ""]:
+        """The log density of one leaf, summed over its components; `-inf` outside
+        the support."""
+
+    def __call__(self, params: ArrayTree) -> Float[Array, ""]:
+        """**Arguments:**
+
+        - `params`: any pytree; its floating array leaves are the parameters.
+
+        **Returns:**
+
+        The log density, a scalar.
+        """
+        return _sum_leaves(params, self.log_prob)
+
+
+def _inside(condition: Array, value: Array) -> Array:
+    return jnp.sum(jnp.where(condition, value, -jnp.inf))
+
+
+@final
+class Normal(AbstractDistribution):
+    r"""$\mathcal{N}(\mu, \sigma^2)$ on every component; support `real`. Made by
+    [`eqbayes.priors.normal`][]."""
+
+    loc: "float | Constant" = eqx.field(static=True)
+    scale: "float | Constant" = eqx.field(static=True)
+
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.real
+
+    def log_prob(self, leaf):
+        loc, scale = (
+            _on(self.loc, leaf.shape, leaf.dtype),
+            _on(self.scale, leaf.shape, leaf.dtype),
+        )
+        z = (leaf - loc) / scale
+        return jnp.sum(-0.5 * jnp.square(z) - jnp.log(scale) - 0.5 * _LOG_2PI)
+
+    def sample(self, key, shape=(), dtype=None):
+        dtype = _dtype(dtype)
+        loc, scale = _on(self.loc, shape, dtype), _on(self.scale, shape, dtype)
+        return loc + scale * jr.normal(key, shape, dtype)
+
+
+@final
+class HalfNormal(AbstractDistribution):
+    r"""$|\mathcal{N}(0, \sigma^2)|$ on every component; support `positive`. Made
+    by [`eqbayes.priors.half_normal`][]."""
+
+    scale: "float | Constant" = eqx.field(static=True)
+
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.positive
+
+    def log_prob(self, leaf):
+        scale = _on(self.scale, leaf.shape, leaf.dtype)
+        z = leaf / scale
+        value = math.log(2) - 0.5 * jnp.square(z) - jnp.log(scale) - 0.5 * _LOG_2PI
+        return _inside(leaf >= 0, value)
+
+    def sample(self, key, shape=(), dtype=None):
+        dtype = _dtype(dtype)
+        return _on(self.scale, shape, dtype) * jnp.abs(jr.normal(key, shape, dtype))
+
+
+@final
+class HalfCauchy(AbstractDistribution):
+    r"""$|\text{Cauchy}(0, s)|$ on every component; support `positive`. Made by
+    [`eqbayes.priors.half_cauchy`][]."""
+
+    scale: "float | Constant" = eqx.field(static=True)
+
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.positive
+
+    def log_prob(self, leaf):
+        scale = _on(self.scale, leaf.shape, leaf.dtype)
+        value = (
+            math.log(2 / math.pi) - jnp.log(scale) - jnp.log1p(jnp.square(leaf / scale))
+        )
+        return _inside(leaf >= 0, value)
+
+    def sample(self, key, shape=(), dtype=None):
+        dtype = _dtype(dtype)
+        return _on(self.scale, shape, dtype) * jnp.abs(jr.cauchy(key, shape, dtype))
+
+
+@final
+class LogNormal(AbstractDistribution):
+    r"""$\log\theta \sim \mathcal{N}(\mu, \sigma^2)$ on every component; support
+    `positive`. Made by [`eqbayes.priors.log_normal`][]."""
+
+    loc: "float | Constant" = eqx.field(static=True)
+    scale: "float | Constant" = eqx.field(static=True)
+
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.positive
+
+    def log_prob(self, leaf):
+        loc, scale = (
+            _on(self.loc, leaf.shape, leaf.dtype),
+            _on(self.scale, leaf.shape, leaf.dtype),
+        )
+        log_x = jnp.log(leaf)
+        z = (log_x - loc) / scale
+        value = -0.5 * jnp.square(z) - jnp.log(scale) - 0.5 * _LOG_2PI - log_x
+        return _inside(leaf > 0, value)
+
+    def sample(self, key, shape=(), dtype=None):
+        dtype = _dtype(dtype)
+        loc, scale = _on(self.loc, shape, dtype), _on(self.scale, shape, dtype)
+        return jnp.exp(loc + scale * jr.normal(key, shape, dtype))
+
+
+@final
+class Exponential(AbstractDistribution):
+    r"""$\text{Exponential}(\lambda)$ (mean $1/\lambda$) on every component;
+    support `positive`. Made by [`eqbayes.priors.exponential`][]."""
+
+    rate: "float | Constant" = eqx.field(static=True)
+
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.positive
+
+    def log_prob(self, leaf):
+        rate = _on(self.rate, leaf.shape, leaf.dtype)
+        return _inside(leaf >= 0, jnp.log(rate) - rate * leaf)
+
+    def sample(self, key, shape=(), dtype=None):
+        dtype = _dtype(dtype)
+        return jr.exponential(key, shape, dtype) / _on(self.rate, shape, dtype)
+
+
+@final
+class Gamma(AbstractDistribution):
+    r"""$\text{Gamma}(\alpha, \beta)$ with concentration $\alpha$ and rate $\beta$
+    (mean $\alpha/\beta$) on every component; support `positive`. Made by
+    [`eqbayes.priors.gamma`][]."""
+
+    concentration: "float | Constant" = eqx.field(static=True)
+    rate: "float | Constant" = eqx.field(static=True)
+
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.positive
+
+    def log_prob(self, leaf):
+        a = _on(self.concentration, leaf.shape, leaf.dtype)
+        rate = _on(self.rate, leaf.shape, leaf.dtype)
+        value = a * jnp.log(rate) - gammaln(a) + (a - 1) * jnp.log(leaf) - rate * leaf
+        return _inside(leaf > 0, value)
+
+    def sample(self, key, shape=(), dtype=None):
+        dtype = _dtype(dtype)
+        a = _on(self.concentration, shape, dtype)
+        return jr.gamma(key, a, shape, dtype) / _on(self.rate, shape, dtype)
+
+
+@final
+class Beta(AbstractDistribution):
+    r"""$\text{Beta}(a, b)$ on every component; support `unit_interval`. Made by
+    [`eqbayes.priors.beta`][]."""
+
+    a: "float | Constant" = eqx.field(static=True)
+    b: "float | Constant" = eqx.field(static=True)
+
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.unit_interval
+
+    def log_prob(self, leaf):
+        a, b = _on(self.a, leaf.shape, leaf.dtype), _on(self.b, leaf.shape, leaf.dtype)
+        value = (a - 1) * jnp.log(leaf) + (b - 1) * jnp.log1p(-leaf) - betaln(a, b)
+        return _inside((leaf > 0) & (leaf < 1), value)
+
+    def sample(self, key, shape=(), dtype=None):
+        dtype = _dtype(dtype)
+        a, b = _on(self.a, shape, dtype), _on(self.b, shape, dtype)
+        return jr.beta(key, a, b, shape, dtype)
+
+
+@final
+class Uniform(AbstractDistribution):
+    r"""$\text{Uniform}(\text{low}, \text{high})$ on every component; support
+    `interval(low, high)`. Made by [`eqbayes.priors.uniform`][]."""
+
+    low: "float | Constant" = eqx.field(static=True)
+    high: "float | Constant" = eqx.field(static=True)
+
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.Interval(self.low, self.high)
+
+    def log_prob(self, leaf):
+        low = _on(self.low, leaf.shape, leaf.dtype)
+        high = _on(self.high, leaf.shape, leaf.dtype)
+        return _inside((leaf > low) & (leaf < high), -jnp.log(high - low))
+
+    def sample(self, key, shape=(), dtype=None):
+        dtype = _dtype(dtype)
+        low, high = _on(self.low, shape, dtype), _on(self.high, shape, dtype)
+        return jr.uniform(key, shape, dtype, low, high)
+
+
+@final
+class Dirichlet(AbstractDistribution):
+    r"""$\text{Dirichlet}(\alpha)$ over the last axis of every leaf (each vector
+    along it is one draw); support `simplex`. Made by
+    [`eqbayes.priors.dirichlet`][]."""
+
+    concentration: "float | Constant" = eqx.field(static=True)
+
+    @property
+    def support(self) -> AbstractConstraint:
+        return _constraints.simplex
+
+    def log_prob(self, leaf):
+        alpha = _on(self.concentration, leaf.shape, leaf.dtype)
+        value = (
+            gammaln(jnp.sum(alpha, -1))
+            - jnp.sum(gammaln(alpha), -1)
+            + jnp.sum((alpha - 1) * jnp.log(leaf), -1)
+        )
+        return _inside(jnp.all(leaf > 0, -1), value)
+
+    def sample(self, key, shape=(), dtype=None):
+        dtype = _dtype(dtype)
+        alpha = _on(self.concentration, shape, dtype)
+        return jr.dirichlet(key, alpha, shape[:-1], dtype)
+
+
+def normal(loc: float | ArrayLike = 0.0, scale: float | ArrayLike = 1.0) -> Normal:
+    r"""$\mathcal{N}(\mu, \sigma^2)$ on every component, support `real`.
+
+    $$\log p(\theta) = \sum_i \left[-\frac{(\theta_i - \mu_i)^2}{2\sigma_i^2}
+        - \log\sigma_i - \tfrac12\log(2\pi)\right]$$
+
+    **Arguments:**
+
+    - `loc`: the mean $\mu$ (a number or an array broadcasting against the leaf).
+    - `scale`: the standard deviation $\sigma > 0$.
+
+    **Returns:**
+
+    A [`eqbayes.priors.Normal`][].
+
+    **Raises:**
+
+    `ValueError` if a parameter is not finite or `scale <= 0`.
+
+    !!! Example
+
+        ```python
+        eb.bayesian(model, blackjax.nuts, where=lambda m: m.mu,
+                    prior=eb.priors.normal(3.0, 0.5))
+        ```
+    """
+    return Normal(
+        _param(loc, "normal", "loc", 0.0, positive=False),
+        _param(scale, "normal", "scale", 1.0),
+    )
+
+
+def half_normal(scale: float | ArrayLike = 1.0) -> HalfNormal:
+    r"""The half-normal $|\mathcal{N}(0, \sigma^2)|$, support `positive`.
+
+    $$\log p(\theta) = \sum_i \left[\log 2 - \frac{\theta_i^2}{2\sigma_i^2}
+        - \log\sigma_i - \tfrac12\log(2\pi)\right], \quad \theta_i \ge 0$$
+
+    **Arguments:**
+
+    - `scale`: $\sigma > 0$.
+
+    **Returns:**
+
+    A [`eqbayes.priors.HalfNormal`][].
+    """
+    return HalfNormal(_param(scale, "half_normal", "scale", 1.0))
+
+
+def half_cauchy(scale: float | ArrayLike = 1.0) -> HalfCauchy:
+    r"""The half-Cauchy $|\text{Cauchy}(0, s)|$, support `positive`: the usual
+    weakly informative prior on a hierarchical standard deviation.
+
+    $$\log p(\theta) = \sum_i \left[\log\frac{2}{\pi s_i}
+        - \log\left(1 + \theta_i^2 / s_i^2\right)\right], \quad \theta_i \ge 0$$
+
+    **Arguments:**
+
+    - `scale`: $s > 0$.
+
+    **Returns:**
+
+    A [`eqbayes.priors.HalfCauchy`][].
+    """
+    return HalfCauchy(_param(scale, "half_cauchy", "scale", 5.0))
+
+
+def log_normal(
+    loc: float | ArrayLike = 0.0, scale: float | ArrayLike = 1.0
+) -> LogNormal:
+    r"""The log-normal: $\log\theta \sim \mathcal{N}(\mu, \sigma^2)$, support
+    `positive` (median $e^\mu$).
+
+    $$\log p(\theta) = \sum_i \left[-\frac{(\log\theta_i - \mu_i)^2}{2\sigma_i^2}
+        - \log\sigma_i - \tfrac12\log(2\pi) - \log\theta_i\right]$$
+
+    **Arguments:**
+
+    - `loc`: $\mu$, the mean of $\log\theta$.
+    - `scale`: $\sigma > 0$, the standard deviation of $\log\theta$.
+
+    **Returns:**
+
+    A [`eqbayes.priors.LogNormal`][].
+    """
+    return LogNormal(
+        _param(loc, "log_normal", "loc", 0.0, positive=False),
+        _param(scale, "log_normal", "scale", 1.0),
+    )
+
+
+def exponential(rate: float | ArrayLike = 1.0) -> Exponential:
+    r"""The exponential distribution with rate $\lambda$ (mean $1/\lambda$),
+    support `positive`: $\log p(\theta) = \sum_i [\log\lambda_i - \lambda_i
+    \theta_i]$.
+
+    **Arguments:**
+
+    - `rate`: $\lambda > 0$.
+
+    **Returns:**
+
+    A [`eqbayes.priors.Exponential`][].
+    """
+    return Exponential(_param(rate, "exponential", "rate", 1.0))
+
+
+def gamma(concentration: float | ArrayLike, rate: float | ArrayLike = 1.0) -> Gamma:
+    r"""The gamma distribution with concentration $\alpha$ and rate $\beta$ (mean
+    $\alpha/\beta$), support `positive`.
+
+    $$\log p(\theta) = \sum_i \left[\alpha\log\beta - \log\Gamma(\alpha)
+        + (\alpha - 1)\log\theta_i - \beta\theta_i\right]$$
+
+    **Arguments:**
+
+    - `concentration`: $\alpha > 0$.
+    - `rate`: $\beta > 0$ (the inverse of SciPy's `scale`).
+
+    **Returns:**
+
+    A [`eqbayes.priors.Gamma`][].
+    """
+    return Gamma(
+        _param(concentration, "gamma", "concentration", 2.0),
+        _param(rate, "gamma", "rate", 1.0),
+    )
+
+
+def beta(a: float | ArrayLike, b: float | ArrayLike) -> Beta:
+    r"""The beta distribution, support `unit_interval`.
+
+    $$\log p(\theta) = \sum_i \left[(a - 1)\log\theta_i + (b - 1)\log(1 - \theta_i)
+        - \log B(a, b)\right]$$
+
+    **Arguments:**
+
+    - `a`, `b`: the shapes, `> 0`.
+
+    **Returns:**
+
+    A [`eqbayes.priors.Beta`][].
+    """
+    return Beta(_param(a, "beta", "a", 1.0), _param(b, "beta", "b", 1.0))
+
+
+def uniform(low: float | ArrayLike = 0.0, high: float | ArrayLike = 1.0) -> Uniform:
+    r"""The uniform distribution on $(\text{low}, \text{high})$, support
+    `interval(low, high)`.
+
+    **Arguments:**
+
+    - `low`, `high`: the bounds, finite, `low < high` everywhere.
+
+    **Returns:**
+
+    A [`eqbayes.priors.Uniform`][].
+
+    **Raises:**
+
+    `ValueError` if a bound is not finite or `low >= high`.
+    """
+    lo = _param(low, "uniform", "low", 0.0, positive=False)
+    hi = _param(high, "uniform", "high", 1.0, positive=False)
+    if not np.all(numpy_of(lo) < numpy_of(hi)):
+        raise ValueError(_ORDER_MSG.format(low=low, high=high))
+    return Uniform(lo, hi)
+
+
+def dirichlet(concentration: float | ArrayLike) -> Dirichlet:
+    r"""The Dirichlet distribution over the last axis of a leaf, support `simplex`.
+
+    $$\log p(\theta) = \log\Gamma\Big(\sum_k \alpha_k\Big) - \sum_k
+        \log\Gamma(\alpha_k) + \sum_k (\alpha_k - 1)\log\theta_k$$
+
+    per vector along the last axis, summed over the others.
+
+    **Arguments:**
+
+    - `concentration`: $\alpha > 0$, a number (a symmetric Dirichlet) or an
+        array broadcasting against the leaf (its last axis the components).
+
+    **Returns:**
+
+    A [`eqbayes.priors.Dirichlet`][].
+    """
+    return Dirichlet(_param(concentration, "dirichlet", "concentration", 1.0))

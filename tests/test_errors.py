@@ -188,6 +188,10 @@ def test_where_selects_no_inexact_array():
 def test_where_failing():
     with pytest.raises(ValueError, match=re.escape("calling `where` on the")):
         eb.bayesian(MODEL, blackjax.nuts, where=lambda m: m.c)
+    with pytest.raises(ValueError, match=re.escape("`where` selected 0 sub-trees")):
+        eb.bayesian(MODEL, blackjax.nuts, where=lambda m: ())
+    with pytest.raises(ValueError, match=re.escape("`mask=` cannot be combined")):
+        eb.bayesian(MODEL, blackjax.nuts, where=lambda m: (m.a, m.b), mask=True)
 
 
 def test_overlapping_groups():
@@ -285,7 +289,12 @@ def test_bad_masks():
     ):
         eb.bayesian(model, blackjax.nuts, mask=Coefficients(True, True))
     with pytest.raises(ValueError, match=re.escape("must use the same `where`")):
-        eb.bayesian(model, blackjax.nuts, where=lambda m: m.b)
+        eb.bayesian(model, blackjax.nuts, where=lambda m: m.b, mask=True)
+    with pytest.raises(ValueError, match=re.escape("already belong to group")):
+        eb.bayesian(model, blackjax.nuts, where=lambda m: m.a)
+    # A leaf the masks leave free joins the masked sub-tree as one more group.
+    joined = eb.bayesian(model, blackjax.nuts, where=lambda m: m.b)
+    assert [g.name for g in joined.groups] == ["Coefficients/mask0", "b"]
     with pytest.raises(ValueError, match=re.escape("already exists")):
         eb.bayesian(
             model,

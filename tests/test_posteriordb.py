@@ -55,3 +55,91 @@ def test_posteriordb_nuts(name):
     assert np.all(out.ess > ESS_MIN), summary
     assert np.all(np.abs(mean - ref.mean) < tol), summary
     assert np.all(out.rhat < RHAT_MAX), summary
+
+
+# -- eight schools written with constrained priors ----------------------------------
+
+import blackjax  # noqa: E402
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jax.scipy.stats as jss  # noqa: E402
+from posteriordb_models import _read_json  # noqa: E402
+
+import eqbayes as eb  # noqa: E402
+
+
+class Centred(eqx.Module):
+    mu: jax.Array
+    tau: jax.Array
+    theta: jax.Array
+
+    def schools(self):
+        return self.theta
+
+
+class NonCentred(eqx.Module):
+    mu: jax.Array
+    tau: jax.Array
+    theta_trans: jax.Array
+
+    def schools(self):
+        return self.mu + self.tau * self.theta_trans
+
+
+def _eight_schools_loss(model, y, sigma):
+    """The negative log-likelihood, with theta's hierarchical prior for the
+    centred form (the priors on mu and tau are eqbayes priors)."""
+    out = -jnp.sum(jss.norm.logpdf(y, model.schools(), sigma))
+    if isinstance(model, Centred):
+        out = out - jnp.sum(jss.norm.logpdf(model.theta, model.mu, model.tau))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["centred", "noncentred"])
+def test_eight_schools_half_cauchy(form):
+    name = "eight_schools-eight_schools_noncentered"
+    ref = _read_json(name, "reference")
+    data = _read_json(name, "data")
+    with jax.enable_x64(True):
+        y = jnp.asarray(data["y"], jnp.float64)
+        sigma = jnp.asarray(data["sigma"], jnp.float64)
+        zero = jnp.zeros((), jnp.float64)
+        if form == "centred":
+            model = Centred(zero, zero + 1.0, jnp.zeros(8))
+            third = eb.priors.gaussian(1e3)  # theta's prior is in the loss
+        else:
+            model = NonCentred(zero, zero + 1.0, jnp.zeros(8))
+            third = eb.priors.normal(0.0, 1.0)
+        marked = eb.bayesian(
+            model,
+            blackjax.nuts,
+            where=lambda m: (m.mu, m.tau, jax.tree.leaves(m)[-1]),
+            prior=(eb.priors.normal(0.0, 5.0), eb.priors.half_cauchy(5.0), third),
+            num_chains=NUM_CHAINS,
+            warmup=WARMUP,
+            keep=KEEP,
+            init_jitter=0.5,
+        )
+        result = eb.Solver(_eight_schools_loss, progress=False).run(
+            marked, key=jax.random.key(8), args=(y, sigma)
+        )
+        schools = result.posterior.predict(lambda m: m.schools())
+        draws = {
+            "mu": result.posterior.samples.mu,
+            "tau": result.posterior.samples.tau,
+            **{f"theta[{j + 1}]": schools[..., j] for j in range(8)},
+        }
+        rows = []
+        ok = True
+        for key, value in draws.items():
+            ess = float(eb.ess(value))
+            tol = (
+                4 * ref["ref_sd"][key] * np.sqrt(1 / ess + 1 / ref["ref_ess_bulk"][key])
+            )
+            diff = abs(float(value.mean()) - ref["ref_mean"][key])
+            ok = ok and diff < tol and ess > ESS_MIN
+            rows.append(f"{key:9s} diff/tol {diff / tol:.2f} ESS {ess:7.1f}")
+        (diagnostics,) = result.posterior.diagnostics.values()
+        divergent = int(diagnostics.is_divergent.sum())
+        assert ok, f"{form} ({divergent} divergent):\n" + "\n".join(rows)

@@ -275,3 +275,112 @@ def test_student_t_df():
     # The class validates too.
     with pytest.raises(ValueError, match=re.escape("`df` must be > 2")):
         ebp.StudentTPrior(df=2.0)
+
+
+# -- distributions with a support ---------------------------------------------------
+
+import eqbayes.constraints as ebc  # noqa: E402
+
+
+_LOC = np.array([0.5, -1.0, 2.0])
+_SCALE = np.array([0.5, 1.0, 2.0])
+DISTRIBUTIONS = [
+    (ebp.normal(3.0, 0.5), lambda x: jss.norm.logpdf(x, 3.0, 0.5), "real"),
+    (ebp.normal(_LOC, _SCALE), lambda x: jss.norm.logpdf(x, _LOC, _SCALE), "real"),
+    (ebp.half_normal(2.0), lambda x: jss.norm.logpdf(x, 0, 2.0) + math.log(2), "pos"),
+    (ebp.half_cauchy(5), lambda x: jss.cauchy.logpdf(x, 0, 5.0) + math.log(2), "pos"),
+    (
+        ebp.log_normal(0.3, _SCALE),
+        lambda x: jss.norm.logpdf(jnp.log(x), 0.3, _SCALE) - jnp.log(x),
+        "pos",
+    ),
+    (ebp.exponential(_SCALE), lambda x: jss.expon.logpdf(x, scale=1 / _SCALE), "pos"),
+    (ebp.gamma(2.5, 4.0), lambda x: jss.gamma.logpdf(x, 2.5, scale=0.25), "pos"),
+    (ebp.beta(2.0, _SCALE), lambda x: jss.beta.logpdf(x, 2.0, _SCALE), "unit"),
+    (
+        ebp.uniform(-1.0, np.array([1.0, 2.0, 3.0])),
+        lambda x: jss.uniform.logpdf(x, -1.0, np.array([2.0, 3.0, 4.0])),
+        "uniform",
+    ),
+]
+
+
+def _point(kind, dtype):
+    values = {
+        "real": [0.3, -1.2, 2.5],
+        "pos": [0.3, 1.2, 2.5],
+        "unit": [0.3, 0.6, 0.9],
+        "uniform": [-0.5, 0.6, 2.5],
+    }[kind]
+    return jnp.asarray(values, dtype)
+
+
+@pytest.mark.parametrize("prior, reference, kind", DISTRIBUTIONS, ids=repr)
+def test_distribution_log_density(prior, reference, kind, dtype):
+    x = _point(kind, dtype)
+    got = prior({"a": x, "skip": jnp.arange(2)})
+    assert got.dtype == dtype
+    want = jnp.sum(reference(x.astype(jnp.float64) if dtype == jnp.float64 else x))
+    rtol = 1e-5 if dtype == jnp.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=rtol)
+    assert prior.support.contains(np.asarray(x))
+    draws = prior.sample(jr.key(0), (500, 3), dtype)
+    assert draws.shape == (500, 3) and draws.dtype == dtype
+    assert prior.support.contains(np.asarray(draws))
+    assert np.isfinite(float(prior(draws)))
+
+
+def test_distribution_outside_support():
+    assert ebp.half_normal(1.0)(jnp.array([-0.1, 1.0])) == -jnp.inf
+    assert ebp.beta(2.0, 2.0)(jnp.array(1.5)) == -jnp.inf
+
+
+def test_dirichlet(dtype):
+    alpha = np.array([1.5, 2.0, 4.0])
+    x = jnp.asarray([[0.2, 0.3, 0.5], [0.6, 0.1, 0.3]], dtype)
+    got = ebp.dirichlet(alpha)(x)
+    want = sum(jss.dirichlet.logpdf(row, jnp.asarray(alpha, dtype)) for row in x)
+    rtol = 1e-5 if dtype == jnp.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=rtol)
+    assert ebp.dirichlet(alpha).support == ebc.simplex
+    draws = ebp.dirichlet(alpha).sample(jr.key(1), (4, 3), dtype)
+    assert ebc.simplex.contains(np.asarray(draws))
+
+
+def test_supports_of_zero_centred_priors():
+    for prior in (
+        ebp.gaussian(),
+        ebp.laplace(),
+        ebp.student_t(),
+        ebp.layerwise_gaussian(),
+    ):
+        assert prior.support == ebc.real
+        assert prior.sample(jr.key(0), (3, 2)).shape == (3, 2)
+    assert ebp.uniform(0, 2).support == ebc.interval(0, 2)
+
+
+def test_sample_moments():
+    draws = ebp.gamma(3.0, 2.0).sample(jr.key(3), (20000,))
+    # mean 1.5, sd sqrt(3)/2: 4 standard errors
+    assert abs(float(draws.mean()) - 1.5) < 4 * math.sqrt(3) / 2 / math.sqrt(20000)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ebp.normal(0.0, -1.0), "`scale` must be finite and > 0"),
+        (lambda: ebp.half_cauchy(0.0), "`scale` must be finite and > 0"),
+        (lambda: ebp.gamma(np.array([1.0, -2.0])), "`concentration` must be finite"),
+        (lambda: ebp.beta(1.0, float("nan")), "`b` must be finite and > 0"),
+        (lambda: ebp.uniform(1.0, 1.0), "`low` must be below `high` everywhere"),
+        (lambda: ebp.normal(float("inf")), "`loc` must be finite"),
+    ],
+)
+def test_distribution_parameters_out_of_range(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_distributions_hash():
+    assert hash(ebp.normal(np.ones(3), 1.0)) == hash(ebp.normal(np.ones(3), 1.0))
+    assert ebp.normal(1, 2) == ebp.normal(1.0, 2.0)
