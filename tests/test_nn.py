@@ -192,24 +192,11 @@ def test_where_several_sub_trees():
             blackjax.nuts,
             where=lambda m: (m["x"], m["x"]["y"]),
         )
-    # Per-sub-tree masks: two groups share the selection, disjointly.
-    first = eb.bayesian(
-        model, blackjax.nuts, where=lambda m: (m.a, m.c), mask=(True, False)
-    )
-    both = eb.bayesian(
-        first, blackjax.nuts, where=lambda m: (m.a, m.c), mask=(False, True), name="c"
-    )
-    assert eqx.tree_equal(eb.unwrap(both), model)
-    with pytest.raises(ValueError, match=re.escape("already belong to group")):
+    # The tuple selects the leaves itself: a mask on top of it is refused.
+    with pytest.raises(ValueError, match=re.escape("`mask=` cannot be combined")):
         eb.bayesian(
-            first,
-            blackjax.nuts,
-            where=lambda m: (m.a, m.c),
-            mask=(True, True),
-            name="x",
+            model, blackjax.nuts, where=lambda m: (m.a, m.c), mask=(True, False)
         )
-    with pytest.raises(ValueError, match=re.escape("must be a tuple of 2 masks")):
-        eb.bayesian(model, blackjax.nuts, where=lambda m: (m.a, m.c), mask=(True,))
 
 
 def test_bad_input():
