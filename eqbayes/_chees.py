@@ -116,6 +116,10 @@ def chees_update(
         (proposed, initial_positions, positions, acceptance_rate, is_divergent)
     )
     dtype = acceptance_rate.dtype
+    # blackjax's per-leaf weighted mean expects `(chains, d)` leaves: hand it each
+    # chain's raveled position (the criterion ravels them anyway).
+    flatten = jax.vmap(lambda p: jax.flatten_util.ravel_pytree(p)[0])
+    position, momentum, initial = flatten(position), flatten(momentum), flatten(initial)
     # blackjax mixes ints and floats, and broadcasts ranks.
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
         inner = update(

@@ -268,3 +268,26 @@ def test_chees_estimates_a_diagonal_metric():
     sd = np.sqrt(np.diag(cov))
     check_moments(samples.a, float(mean[0]), float(sd[0]))
     check_moments(samples.b, float(mean[1]), float(sd[1]))
+
+
+def test_chees_on_matrix_shaped_parameters():
+    """ChEES-HMC with a position whose leaves are not vectors (a weight matrix, as
+    in a network layer): exact moments of a Gaussian with different scales."""
+    mean = jnp.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    sd = jnp.array([[1.0, 0.5, 2.0], [0.3, 1.0, 1.5]])
+    model = eb.bayesian(
+        jnp.zeros((2, 3)),
+        blackjax.hmc,
+        adapt="chees",
+        prior=lambda w: jnp.zeros(()),
+        num_chains=8,
+        warmup=300,
+        keep=300,
+    )
+    loss = lambda w: 0.5 * jnp.sum(((w - mean) / sd) ** 2)  # noqa: E731
+    samples = eb.Solver(loss, progress=False).run(model, key=jr.key(0)).posterior
+    draws = samples.samples
+    assert draws.shape == (8, 300, 2, 3)
+    for i in range(2):
+        for j in range(3):
+            check_moments(draws[:, :, i, j], float(mean[i, j]), float(sd[i, j]))
