@@ -7,7 +7,8 @@ prints, per model, the largest |mean difference| / posterior sd over the
 parameters (the target is < 0.1) and the wall time of a first solve (compiling)
 and a second one (same structure, new key).
 
-Run: `python benchmarks/constrained_numpyro.py` (`--quick` for fewer draws).
+Run: `python benchmarks/constrained_numpyro.py` (`--quick` for fewer draws,
+`--models lv` for the ODE alone).
 """
 
 import argparse
@@ -207,15 +208,20 @@ def compare(name, ours, theirs):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--models", nargs="+", choices=("schools", "lv"), default=("schools", "lv")
+    )
     args = parser.parse_args()
     chains, warmup, keep = (4, 500, 500) if args.quick else (4, 1000, 2000)
-    for centred in (True, False):
+    for centred in (True, False) if "schools" in args.models else ():
         name = "eight schools " + ("centred" if centred else "non-centred")
         compare(
             name,
             schools_eqbayes(centred, chains, warmup, keep),
             schools_numpyro(centred, chains, warmup, keep),
         )
+    if "lv" not in args.models:
+        return
     y = lv_data()
     lv_keep = keep // 2
     compare(
