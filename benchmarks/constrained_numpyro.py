@@ -186,6 +186,8 @@ def compare(name, ours, theirs):
             start = time.perf_counter()
             out[side] = jax.block_until_ready(run(jr.key(k)))
             walls.append(time.perf_counter() - start)
+            # Printed as it goes: a run stopped early still reports its solves.
+            print(f"{name}: {side} solve {k} took {walls[-1]:.1f} s", flush=True)
         times[side] = walls
     worst = 0.0
     rows = []
