@@ -28,6 +28,11 @@ from .priors import AbstractPrior
 NOT_GIVEN: Any = object()
 
 
+class Marker:
+    """A unique stand-in for one leaf of a position, to find where that leaf ends
+    up in a model built around it; `Constrained` passes it through untransformed."""
+
+
 @final
 class Constrained(eqx.Module):
     """A leaf stored in unconstrained space: the model sees
@@ -38,7 +43,9 @@ class Constrained(eqx.Module):
 
     def constrained(self) -> Any:
         z = self.unconstrained
-        return None if z is None else self.constraint.forward(z)
+        if z is None or isinstance(z, Marker):
+            return z
+        return self.constraint.forward(z)
 
 
 def is_constrained(x: Any) -> bool:

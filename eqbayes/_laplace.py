@@ -22,7 +22,8 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from . import priors as _priors
-from ._checks import check_int, check_likelihood_scale, check_prior
+from ._checks import check_int, check_likelihood_scale
+from ._constrained import Marker, resolve
 from ._custom_types import ArrayTree
 from ._groups import AbstractGroup, Context, GroupResult, Solve
 from ._marking import mark
@@ -140,7 +141,9 @@ class LaplaceGaussian(AbstractGaussianApproximation):
 
     `mean` has the structure of the group's position (the marked sub-tree with
     `None` at leaves the group does not hold); matrices are over the position
-    flattened by `jax.flatten_util.ravel_pytree(mean)`, of size `d`.
+    flattened by `jax.flatten_util.ravel_pytree(mean)`, of size `d`. A constrained
+    leaf is held unconstrained (its $z$, inside a node that maps it back): the
+    Gaussian is over $z$, and `model_at(mean)` is the plain model at the mode.
 
     **Fields:**
 
@@ -205,7 +208,7 @@ class LaplaceGaussian(AbstractGaussianApproximation):
         """The plain model with the group's leaves at `position` (a pytree like
         `mean`) and everything else as in `model`."""
         leaves, treedef = jax.tree.flatten(self.model)
-        values = jax.tree.leaves(position)
+        values = jax.tree.leaves(resolve(position))
         for i, j in self.slots:
             leaves[i] = values[j]
         return jax.tree.unflatten(treedef, leaves)
@@ -642,7 +645,7 @@ def _tune_prior(hessian, prior_precision, theta):
 def _placed(model_fn, position) -> tuple[PyTree, tuple[tuple[int, int], ...]]:
     """The plain model at `position`, and which of its leaves hold which of the
     position's leaves (found by building the model around unique markers)."""
-    markers = [_Marker() for _ in jax.tree.leaves(position)]
+    markers = [Marker() for _ in jax.tree.leaves(position)]
     treedef = jax.tree.structure(position)
     marked = jax.tree.leaves(model_fn(jax.tree.unflatten(treedef, markers)))
     index = {id(m): j for j, m in enumerate(markers)}
@@ -651,10 +654,6 @@ def _placed(model_fn, position) -> tuple[PyTree, tuple[tuple[int, int], ...]]:
     )
     assert len(slots) == len(markers)
     return model_fn(position), slots
-
-
-class _Marker:
-    """A unique leaf standing for one leaf of a group's position."""
 
 
 @eqx.filter_jit
@@ -673,11 +672,12 @@ def laplace(
     where: Callable[[PyTree], Any] | None = None,
     mask: PyTree | None = None,
     hessian: str = "full",
-    prior: Callable[[ArrayTree], Any] | None = None,
+    prior: Any = None,
     likelihood_scale: float = 1.0,
     num_draws: int = 1000,
     name: str | None = None,
     outputs: Any = None,
+    constraint: Any = None,
     optimizer: Any = None,
     optimize_prior: bool = False,
 ) -> PyTree:
@@ -746,8 +746,15 @@ def laplace(
     - `mask`: a pytree of bools over the selected sub-tree (or a prefix of it):
         only `True` floating-point leaves form the group.
     - `hessian`: `"full"`, `"ggn"` or `"diag"`, as above.
-    - `prior`: a callable `position -> log density` over the group's position;
-        `None` means `eb.priors.gaussian(10.0)`.
+    - `prior`: a prior, a callable `position -> log density` over the group's
+        position, or a prefix pytree of priors, as in [`eqbayes.bayesian`][];
+        `None` means `eb.priors.gaussian(10.0)`. Leaves with a constrained
+        support are fitted in unconstrained space: $\theta^*$, $H$ and $P$ are
+        those of $z$ (the log prior including $\log|\det J_T(z)|$, so
+        $\theta^*$ is the mode in $z$, not in $\theta$), $q$ is a Gaussian over
+        $z$, and its draws are mapped to $\theta = T(z)$.
+    - `constraint`: constraints for leaves whose prior does not declare one, as
+        in [`eqbayes.bayesian`][].
     - `likelihood_scale`: the factor $s$ on the loss: with a mean loss over N
         points, the full-data log-likelihood needs `N / (2 σ²)` (mean squared
         error with noise σ) or `N` (mean cross-entropy).
@@ -797,7 +804,7 @@ def laplace(
             _OPTIMIZER.format(name=check_name, type=type(optimizer).__name__)
         )
 
-    def make(subtree: PyTree, group_name: str) -> LaplaceGroup:
+    def make(subtree: PyTree, group_name: str, the_prior: Any) -> LaplaceGroup:
         if hessian not in _KINDS:
             raise ValueError(_HESSIAN.format(value=hessian, name=group_name))
         split = None
@@ -822,7 +829,6 @@ def laplace(
                     hessian=hessian, name=group_name, d=d, limit=MAX_DENSE
                 )
             )
-        the_prior = check_prior(prior, group_name, fn="laplace")
         if hessian == "diag" and d > MAX_DENSE and not _is_gaussian(the_prior):
             raise ValueError(
                 _DIAG_PRIOR.format(
@@ -851,4 +857,13 @@ def laplace(
         )
         return LaplaceGroup(value=subtree, config=config, name=group_name)
 
-    return mark(model, make, where=where, mask=mask, name=name, call="eb.laplace")
+    return mark(
+        model,
+        make,
+        where=where,
+        mask=mask,
+        name=name,
+        call="eb.laplace",
+        prior=prior,
+        constraint=constraint,
+    )
