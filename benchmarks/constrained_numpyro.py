@@ -201,6 +201,15 @@ def compare(name, ours, theirs, solves=2):
         ratio = np.abs(a.mean(0) - b.mean(0)) / b.std(0)
         worst = max(worst, float(np.max(ratio)))
         rows.append(f"    {param:6s} max |mean diff| / sd = {float(np.max(ratio)):.3f}")
+        # A difference means something only where both tools' chains agree.
+        for side in ("eqbayes", "numpyro"):
+            chains = np.asarray(out[side][param])
+            rhat = float(np.max(eb.diagnostics.rhat(chains)))
+            per_chain = chains.mean(1).reshape(chains.shape[0], -1)
+            means = "; ".join(
+                " ".join(f"{v:.3g}" for v in row) for row in per_chain.tolist()
+            )
+            rows.append(f"      {side}: max R-hat {rhat:.3f}, chain means {means}")
     print(f"{name}: worst |mean diff| / sd = {worst:.3f}")
     print("\n".join(rows))
     for side, walls in times.items():
