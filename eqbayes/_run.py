@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _chunks, _sharding
-from ._loop import chunk_program, Program, SolverState
+from ._loop import chunk_program, finished, Program, SolverState
 from ._posterior import History
 from .callbacks import AbstractCallback, chunk_record
 
@@ -76,9 +76,11 @@ def drive(
         _chunks.HostWork(threaded=bool(callbacks)) as host,
     ):
         at = 0
+        adaptive = finished(state) is not None  # staged groups: it may end early
+        over = False
         if check is not None and steps == 0:
             check()
-        while at < steps:
+        while at < steps and not over:
             n = sizes.next(at)
             host.release()  # the last chunk's host work runs while this computes
             start = time.perf_counter()
@@ -88,11 +90,14 @@ def drive(
             )
             if check is not None and at == 0:
                 check()
+            if adaptive:  # waits for the chunk, which may have stopped early
+                over = bool(finished(state))
+                n = int(state.step) - done - at
             at += n
             if sizes.timed:
                 jax.block_until_ready(record)
-                sizes.observe(n, time.perf_counter() - start, host.seconds)
-            host.submit(tell, state, record, n, last=at == steps)
+                sizes.observe(max(n, 1), time.perf_counter() - start, host.seconds)
+            host.submit(tell, state, record, n, last=at == steps or over)
     return state, history(records)
 
 
