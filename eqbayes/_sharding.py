@@ -203,9 +203,9 @@ def over_chains(fn: Callable, *batched: Any) -> Any:
     solve placed on a mesh, each device vmaps its own chains. Without any leaf
     (no chains at all) `fn` is called once and its output gets a leading axis of
     one."""
-    if chains_axis():
-        return over_devices(fn, *batched)
     leaves = jax.tree.leaves(batched)
+    if chains_axis() and leaves:
+        return over_devices(fn, *batched)
     size = leaves[0].shape[0] if leaves else 1
     if size > 1:
         return jax.vmap(fn)(*batched)

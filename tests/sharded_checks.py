@@ -208,6 +208,25 @@ def test_chains_times_data():
     assert _chain_sharded(got.a, CHAINS_DATA)
 
 
+def test_smc_particles_replicated():
+    """Tempered SMC particles are not sharded: on a "chains" mesh they are held
+    whole on every device, and the solve gives the unsharded answer (to float32
+    rounding: XLA may compile the replicated program differently)."""
+    from test_smc import _two_modes_model, two_modes_data, two_modes_loss
+
+    y = two_modes_data()
+    model = _two_modes_model(num_particles=200)
+    s = eb.Solver(two_modes_loss, progress=False)
+    reference = s.run(model, key=jr.key(0), args=(y,))
+    result = s.run(model, key=jr.key(0), args=(y,), mesh=CHAINS)
+    theta = result.posterior.samples.theta
+    assert theta.sharding.is_fully_replicated
+    assert int(result.state.step) == int(reference.state.step)
+    np.testing.assert_allclose(
+        np.asarray(theta), np.asarray(reference.posterior.samples.theta), atol=1e-4
+    )
+
+
 def test_predict_rhat_ess_on_sharded_chains(reference, sharded):
     """predict is evaluated chain-sharded and stays so; rhat/ess take sharded
     chains. Nothing is gathered until asked (`jax.device_get`)."""
