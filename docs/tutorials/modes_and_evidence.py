@@ -253,8 +253,7 @@ for name, marked in models.items():
     posterior = fits[name].posterior
     stages = posterior.diagnostics[name].tempering.shape[0]
     print(
-        f"{name:9s} log evidence {float(posterior.log_evidence):8.2f} "
-        f"({stages} stages)"
+        f"{name:9s} log evidence {float(posterior.log_evidence):8.2f} ({stages} stages)"
     )
 
 log_bf = float(fits["damped"].posterior.log_evidence) - float(
