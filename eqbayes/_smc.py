@@ -52,7 +52,9 @@ DEFAULT_INTEGRATION_STEPS = 10
 #: The particles' covariance whitens the moves with a dense matrix up to this many
 #: components, with its diagonal above.
 MAX_DENSE = 100
-# Bisection steps for the next tempering increment (2**-50 of the interval).
+# The next tempering increment: bisection until the log ESS is within this of its
+# target (0.1 %), at most `_BISECTIONS` steps (2**-50 of the interval).
+_ESS_TOLERANCE = 1e-3
 _BISECTIONS = 50
 
 _PARTICLES = (
@@ -162,6 +164,8 @@ class SMCState(eqx.Module):
     - `step_size`: the moves' step size for the next stage (tuned from the last
         stage's acceptance rate).
     - `stage`: stages done.
+    - `best`: the index of the particle of highest posterior density (what
+        `eb.unwrap` shows).
     - `trace`: `(max_stages,)` buffers of the per-stage diagnostics (the first
         `stage` entries are filled).
     """
@@ -173,7 +177,13 @@ class SMCState(eqx.Module):
     log_evidence: Float[Array, ""]
     step_size: Float[Array, ""]
     stage: Int[Array, ""]
+    best: Int[Array, ""]
     trace: SMCDiagnostics
+
+
+def _best(log_likelihood: Array, log_prior: Array) -> Array:
+    """The index of the particle of highest posterior density."""
+    return jnp.argmax(_finite(log_prior + log_likelihood)).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,23 +246,22 @@ class SMCGroup(AbstractStagedGroup):
     def current(self) -> PyTree:
         if self.state is None:
             return self.materialise(self.initial_position())
-        s = self.state
-        density = jnp.where(
-            jnp.isfinite(s.log_likelihood), s.log_prior + s.log_likelihood, -jnp.inf
-        )
-        best = jnp.argmax(density)
-        return self.materialise(jax.tree.map(lambda x: x[best], s.particles))
+        best = self.state.best
+        return self.materialise(jax.tree.map(lambda x: x[best], self.state.particles))
 
     # -- densities ------------------------------------------------------------------
 
-    def _densities(self, ctx: Context):
-        """`position -> (log-likelihood, log prior)`, each `-inf` where not finite."""
+    def _densities(self, ctx: Context, *, finite: bool = True):
+        """`position -> (log-likelihood, log prior)`, each `-inf` where not finite
+        (as computed, with `finite=False`)."""
         scale, prior = self.config.likelihood_scale, self.config.prior
         loss = ctx.loss_fn(ctx.others)
 
         def densities(position):
             log_likelihood = -scale * loss(position)
             log_prior = jnp.asarray(prior(position), log_likelihood.dtype)
+            if not finite:
+                return log_likelihood, log_prior
             return _finite(log_likelihood), _finite(log_prior)
 
         return densities
@@ -283,6 +292,7 @@ class SMCGroup(AbstractStagedGroup):
             log_evidence=jnp.zeros((), dtype),
             step_size=jnp.asarray(config.step_size, dtype),
             stage=jnp.zeros((), jnp.int32),
+            best=_best(log_likelihood, log_prior),
             trace=SMCDiagnostics(zeros, zeros, zeros, zeros, zeros),
         )
         return eqx.tree_at(lambda g: g.state, self, state, is_leaf=lambda x: x is None)
@@ -322,10 +332,11 @@ class SMCGroup(AbstractStagedGroup):
         index = blackjax.smc.resampling.systematic(resample_key, weights, n)
         particles = jax.tree.map(lambda x: x[index], s.particles)
 
-        densities = self._densities(ctx)
+        densities, raw = self._densities(ctx), self._densities(ctx, finite=False)
 
         def logdensity(position):
-            log_likelihood, log_prior = densities(position)
+            # A non-finite log density (NaN included) is a rejected move.
+            log_likelihood, log_prior = raw(position)
             return _finite(log_prior + tempering * log_likelihood)
 
         fixed: dict[str, Any] = {**dict(config.static_kwargs), **self.arrays}
@@ -368,6 +379,7 @@ class SMCGroup(AbstractStagedGroup):
             log_evidence=s.log_evidence + increment,
             step_size=step_size,
             stage=s.stage + 1,
+            best=_best(log_likelihood, log_prior),
             trace=trace,
         )
 
@@ -379,14 +391,12 @@ class SMCGroup(AbstractStagedGroup):
         assert self.state is not None
         s = self.state
         samples = jax.tree.map(lambda x: x[None], s.particles)
-        stages = int(s.stage)
-        diagnostics = jax.tree.map(lambda x: x[:stages], s.trace)
-        done = bool(s.tempering >= 1)
+        stages, tempering, trace = jax.device_get((s.stage, s.tempering, s.trace))
+        stages, done = int(stages), bool(tempering >= 1)
+        diagnostics = jax.tree.map(lambda x: jnp.asarray(x[:stages]), trace)
         if ctx.loss is not None and not done:  # the end of a solve, not a record
             logger.warning(
-                _UNFINISHED.format(
-                    name=self.name, stages=stages, lam=float(s.tempering)
-                )
+                _UNFINISHED.format(name=self.name, stages=stages, lam=float(tempering))
             )
         evidence = s.log_evidence if done else jnp.full_like(s.log_evidence, jnp.nan)
         return GroupResult(samples, diagnostics, log_evidence=evidence)
@@ -444,8 +454,9 @@ def _log_weights(log_likelihood: Array, delta: Array) -> Array:
 
 def _increment(log_likelihood: Array, max_delta: Array, target_ess: float) -> Array:
     """The tempering increment in `[0, max_delta]` at which the incremental weights'
-    ESS is `target_ess` of the particles with a non-zero likelihood (`max_delta`
-    when it stays above): bisection, the ESS falling as the increment grows."""
+    ESS is `target_ess` of the particles with a non-zero likelihood, to 0.1 %
+    (`max_delta` when it stays above): bisection, the ESS falling as the
+    increment grows."""
     finite = jnp.sum(jnp.isfinite(log_likelihood)).astype(log_likelihood.dtype)
     log_target = jnp.log(target_ess * finite)
 
@@ -453,16 +464,23 @@ def _increment(log_likelihood: Array, max_delta: Array, target_ess: float) -> Ar
         w = _log_weights(log_likelihood, delta)
         return 2 * logsumexp(w) - logsumexp(2 * w)
 
-    def bisect(_, bounds):
-        lo, hi = bounds
+    def go_on(carry):
+        i, _, _, _, gap = carry
+        return (i < _BISECTIONS) & (gap > _ESS_TOLERANCE)
+
+    def bisect(carry):
+        i, lo, hi, _, _ = carry
         mid = 0.5 * (lo + hi)
-        above = log_ess(mid) >= log_target
-        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+        miss = log_ess(mid) - log_target
+        above = miss >= 0
+        lo, hi = jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+        return i + 1, lo, hi, mid, jnp.abs(miss)
 
     zero = jnp.zeros_like(max_delta)
-    lo, hi = jax.lax.fori_loop(0, _BISECTIONS, bisect, (zero, max_delta))
+    start = (0, zero, max_delta, max_delta, jnp.full_like(max_delta, jnp.inf))
+    _, _, _, found, _ = jax.lax.while_loop(go_on, bisect, start)
     # At least a sliver of progress, so that the stages cannot stall.
-    found = jnp.maximum(hi, jnp.finfo(max_delta.dtype).eps * max_delta)
+    found = jnp.maximum(found, jnp.finfo(max_delta.dtype).eps * max_delta)
     return jnp.where(log_ess(max_delta) >= log_target, max_delta, found)
 
 
