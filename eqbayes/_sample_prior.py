@@ -25,8 +25,8 @@ _NO_GROUPS = (
 )
 _NO_PRIOR = (
     "`eb.sample_prior(model, ...)`: group '{name}' is a `{type}`, which has no "
-    "prior that eqbayes can draw from. Only `eb.bayesian` and `eb.vi` groups are "
-    "drawn (`eb.optimise` groups stay at their values)."
+    "prior that eqbayes can draw from. Only `eb.bayesian`, `eb.vi` and `eb.smc` "
+    "groups are drawn (`eb.optimise` groups stay at their values)."
 )
 _NOT_SAMPLEABLE = (
     "`eb.sample_prior(model, ...)`: the prior {prior!r} of group '{name}' cannot "
@@ -66,8 +66,8 @@ def sample_prior(
     """Draws every marked group of `model` from its prior.
 
     The result is a [`eqbayes.Posterior`][] with one chain: `samples` holds
-    `(1, num_draws, *leaf)` draws at the leaves of `eb.bayesian` and `eb.vi`
-    groups (drawn independently, leaf by leaf, each from its prior; `None`
+    `(1, num_draws, *leaf)` draws at the leaves of `eb.bayesian`, `eb.vi` and
+    `eb.smc` groups (drawn independently, leaf by leaf, each from its prior; `None`
     elsewhere), so `predict` gives prior predictive draws and `summary()` the prior
     moments. `eb.optimise` groups and unmarked leaves stay at the model's values.
     Every prior of a drawn group must come from [`eqbayes.priors`][] (they have

@@ -154,9 +154,10 @@ def test_result_structure(two_modes_runs):
     assert abs(abs(float(result.model.theta)) - 2.0) < 0.3
 
 
-def test_continue_and_steps(caplog):
-    """A solve cut short warns and has no evidence; continued, it finishes exactly
-    as one solve does. (The fixture's size: the compiled programs are reused.)"""
+def test_continue_and_steps(caplog, tmp_path):
+    """A solve cut short warns and has no evidence; continued (also from a
+    checkpoint), it finishes exactly as one solve does. (The fixture's size: the
+    compiled programs are reused.)"""
     y = two_modes_data()
     model = _two_modes_model(num_particles=1000)
     solver = eb.Solver(two_modes_loss, progress=False)
@@ -175,6 +176,22 @@ def test_continue_and_steps(caplog):
     np.testing.assert_allclose(
         float(rest.posterior.log_evidence), float(whole.posterior.log_evidence)
     )
+    eb.save(tmp_path / "part.eqx", part.state)
+    like = solver.init(model, key=key, args=(y,))
+    loaded = eb.load(tmp_path / "part.eqx", like=like)
+    resumed = solver.run(None, state=loaded, args=(y,))
+    np.testing.assert_array_equal(
+        np.asarray(resumed.posterior.samples.theta),
+        np.asarray(whole.posterior.samples.theta),
+    )
+
+
+def test_sample_prior():
+    """`eb.sample_prior` draws an SMC group from its prior."""
+    prior = eb.sample_prior(_two_modes_model(), key=jr.key(0), num_draws=4000)
+    theta = np.asarray(prior.samples.theta)
+    assert theta.shape == (1, 4000)
+    assert abs(theta.std() / TWO_MODES_PRIOR - 1) < 0.05
 
 
 @pytest.mark.slow
@@ -390,3 +407,22 @@ def test_non_finite_everywhere():
         eb.Solver(loss, progress=False).init(
             model, key=jr.key(0), args=(two_modes_data(),)
         )
+
+
+def test_progress_bar_shows_tempering():
+    bar = eb.callbacks.ProgressBar(delay=0.0)
+    bar.start(0, 500)
+    try:
+        record = eb.callbacks.ChunkRecord(
+            step=3,
+            steps=3,
+            end=500,
+            loss=1.0,
+            neg_elbo={},
+            state=None,
+            monitor={"theta": {"tempering": 0.25}},
+        )
+        bar(record)
+        assert "tempering[theta]=0.25" in bar._bar.postfix
+    finally:
+        bar.end()
