@@ -62,12 +62,16 @@ def drive(
             for callback in callbacks:
                 callback(chunk)
 
-    path = (
-        "Fast path (warmup and draws without per-step bookkeeping)"
-        if fast
-        else "General path (the fast path needs one warmup/keep/thin for all "
-        "sampling groups and a fresh solve of exactly their length)"
-    )
+    adaptive = finished(state) is not None  # staged groups: it may end early
+    if adaptive:
+        path = "Staged path (until every staged group finishes, at most)"
+    elif fast:
+        path = "Fast path (warmup and draws without per-step bookkeeping)"
+    else:
+        path = (
+            "General path (the fast path needs one warmup/keep/thin for all "
+            "sampling groups and a fresh solve of exactly their length)"
+        )
     cadence = f"about {_chunks.REFRESH_SECONDS} s each" if sizes.timed else sizes.size
     logger.info(f"{path}: {steps} steps in chunks of {cadence}.")
     with (
@@ -76,7 +80,6 @@ def drive(
         _chunks.HostWork(threaded=bool(callbacks)) as host,
     ):
         at = 0
-        adaptive = finished(state) is not None  # staged groups: it may end early
         over = False
         if check is not None and steps == 0:
             check()

@@ -45,7 +45,7 @@ from ._marking import mark
 
 logger = logging.getLogger("eqbayes")
 
-#: The acceptance rate the step size of the moves is tuned towards, between stages.
+#: The acceptance rate the moves' step size is tuned towards, after each transition.
 TARGET_ACCEPTANCE = 0.65
 #: Integration steps per HMC move when the kernel takes them and none are given.
 DEFAULT_INTEGRATION_STEPS = 10
@@ -137,8 +137,8 @@ class SMCDiagnostics(eqx.Module):
         except at the last stage, where it may be higher).
     - `acceptance_rate`: the moves' mean acceptance rate in each stage (NaN for a
         kernel whose info has none).
-    - `step_size`: the step size of each stage's moves (NaN for a kernel that
-        takes none).
+    - `step_size`: the step size at the end of each stage's moves (NaN for a
+        kernel that takes none).
     - `log_evidence_increment`: each stage's factor of the evidence,
         $\\log \\frac1N \\sum_i p(y \\mid \\theta_i)^{\\Delta\\lambda}$; their sum
         is `posterior.log_evidence`.
@@ -161,8 +161,8 @@ class SMCState(eqx.Module):
     - `log_likelihood`, `log_prior`: at each particle, `(num_particles,)`.
     - `tempering`: the current $\\lambda$.
     - `log_evidence`: the sum of the stages' log evidence increments so far.
-    - `step_size`: the moves' step size for the next stage (tuned from the last
-        stage's acceptance rate).
+    - `step_size`: the moves' step size, tuned after every transition from the
+        particles' mean acceptance rate and carried to the next stage.
     - `stage`: stages done.
     - `best`: the index of the particle of highest posterior density (what
         `eb.unwrap` shows).
@@ -415,7 +415,7 @@ class SMCGroup(AbstractStagedGroup):
         d = sum(x.size for x in jax.tree.leaves(self.initial_position()))
         tuned = []
         if config.tunes_step_size:
-            tuned.append(f"step size tuned between stages from {config.step_size:.4g}")
+            tuned.append(f"step size tuned after each move from {config.step_size:.4g}")
         if config.whitens:
             kind = "dense" if d <= MAX_DENSE else "diagonal"
             tuned.append(f"{kind} metric from the particles' covariance")
@@ -598,7 +598,9 @@ def smc(
     The moves: by default `blackjax.hmc` with 10 integration steps. For kernels
     that take them, the inverse mass matrix is the reweighted particles'
     covariance at each stage (dense up to 100 components, diagonal above), and
-    the step size is tuned between stages towards an acceptance rate of 0.65.
+    the step size, shared by the particles, is tuned after every transition
+    from their mean acceptance rate towards 0.65 (multiplied by
+    $e^{2(\bar a - 0.65)}$), and carried from stage to stage.
     Any full-data blackjax kernel (`blackjax.nuts`, `blackjax.mala`, your own
     factory `(logdensity_fn, **kwargs) -> SamplingAlgorithm`) may be passed.
 

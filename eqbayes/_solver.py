@@ -610,7 +610,10 @@ class Solver(eqx.Module):
             model of the first run (or None).
         - `steps`: solver steps; `None` means the longest sampling group's
             `warmup + keep * thin` (required when no group samples). A longer solve
-            keeps each group's last `keep` draws. `0` takes no step: the result at
+            keeps each group's last `keep` draws. With a group that decides its
+            own number of steps (the tempering stages of [`eqbayes.smc`][]), the
+            solve stops once it is finished, after at most `steps` steps (`None`:
+            its `max_steps`). `0` takes no step: the result at
             the start (for models without chains, e.g. an [`eqbayes.laplace`][]
             group fitted at the values it was marked with).
         - `key`: a JAX PRNG key (`jax.random.key(0)`); same key, same chain. With
