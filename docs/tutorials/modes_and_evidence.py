@@ -108,8 +108,8 @@ for key in (2, 0):
 # Each chain sits in one mode. With key 2 the R-hat warns, but the pooled draws
 # give the positive mode a mass of 1/4, the share of chains that happened to fall
 # into it; with key 0 the chains agree, R-hat is 1.00, and the positive mode is
-# missing altogether. More chains make the share a rough estimate, never the
-# posterior mass.
+# missing altogether. However many chains run, the share of them in a mode is set
+# by where they started, not by the mode's posterior mass.
 #
 # ### Tempered SMC
 #
@@ -178,9 +178,9 @@ plt.show()
 # Now two forward models for the same signal: 50 noisy samples of an oscillation.
 # Is it damped, $f(t) = A e^{-\gamma t} \cos \omega t$, or undamped,
 # $f(t) = A \cos \omega t$? The evidence of each model, $p(y \mid M)$, is what
-# the Bayes factor compares. The frequency's posterior has many local modes (a
-# cosine fits at several frequencies), which is where a single chain gets lost;
-# the SMC particles start spread over the prior's whole range.
+# the Bayes factor compares. The likelihood has many local maxima in the
+# frequency (a cosine matches part of the data at several frequencies); the SMC
+# particles start spread over the prior's whole range of frequencies.
 
 # %%
 SIGMA = 0.1
