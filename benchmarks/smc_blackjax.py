@@ -25,6 +25,7 @@ seconds.
 
 import argparse
 import math
+import os
 import statistics
 
 import blackjax
@@ -223,8 +224,9 @@ def compare(problem, num_particles: int, reps: int) -> None:
         errors[name].append(log_z - problem["log_z"])
         stages[name].append(count)
 
-    wall, _ = interleaved(runs, reps, seen)
+    wall, cpu = interleaved(runs, reps, seen)
     median = {k: statistics.median(v) for k, v in wall.items()}
+    cpu_median = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"\n{problem['name']} ({num_particles} particles, {reps} reps):")
     for name in runs:
         print(
@@ -233,7 +235,10 @@ def compare(problem, num_particles: int, reps: int) -> None:
             f"{statistics.mean(errors[name]):+.3f} (max |.| "
             f"{max(abs(e) for e in errors[name]):.3f})"
         )
-    print(f"  ratio eqbayes / blackjax: {median['eqbayes'] / median['blackjax']:.2f}")
+    print(
+        f"  ratio eqbayes / blackjax: wall {median['eqbayes'] / median['blackjax']:.2f}"
+        f", process CPU {cpu_median['eqbayes'] / cpu_median['blackjax']:.2f}"
+    )
     if masses:
         print(
             f"  eqbayes mass of theta > 0 (true 0.50): mean {np.mean(masses):.3f}, "
@@ -273,10 +278,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--particles", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--no-nuts", action="store_true")
     options = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.1f}")
     for problem in (two_modes(), regression()):
         compare(problem, options.particles, options.reps)
-    nuts_contrast()
+    if not options.no_nuts:
+        nuts_contrast()
 
 
 if __name__ == "__main__":
