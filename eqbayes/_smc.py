@@ -436,9 +436,10 @@ class SMCGroup(AbstractStagedGroup):
 def _tuned(step_size: Array, acceptance: Array) -> Array:
     """The step size after a transition with mean acceptance rate `acceptance`:
     multiplied by `exp(2 (acceptance - TARGET_ACCEPTANCE))` (unchanged for a
-    kernel whose info has no acceptance rate)."""
-    factor = jnp.exp(2 * (acceptance - TARGET_ACCEPTANCE))
-    return jnp.where(jnp.isfinite(factor), step_size * factor, step_size)
+    kernel whose info has no acceptance rate, and where it would leave the
+    positive floating-point numbers)."""
+    tuned = step_size * jnp.exp(2 * (acceptance - TARGET_ACCEPTANCE))
+    return jnp.where(jnp.isfinite(tuned) & (tuned > 0), tuned, step_size)
 
 
 def _finite(x: Array) -> Array:
