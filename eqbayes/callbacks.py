@@ -289,6 +289,8 @@ class ProgressBar(AbstractCallback):
                 for key, value in scalars.items()
                 if key == "tempering"
             }
+            if extra:  # adaptive stages: the length is not known, only its bound
+                self._bar.total = None
             self._bar.set_postfix(loss=f"{record.loss:.4g}", **extra, refresh=False)
             self._bar.update(record.steps)
 
