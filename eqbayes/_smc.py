@@ -41,6 +41,7 @@ from ._kernels import (
     position_of,
 )
 from ._marking import mark
+from ._sharding import over_particles
 
 
 logger = logging.getLogger("eqbayes")
@@ -349,20 +350,21 @@ class SMCGroup(AbstractStagedGroup):
 
         def transition(carry, key):
             states, step_size = carry
-            states, info = jax.vmap(kernel(step_size).step)(jr.split(key, n), states)
+            step = kernel(step_size).step
+            states, info = over_particles(step, jr.split(key, n), states)
             fields = info_fields(info)
             rate = jnp.mean(fields.get("acceptance_rate", jnp.full((), jnp.nan)))
             rate = rate.astype(dtype)
             return (states, _tuned(step_size, rate)), rate
 
-        states = jax.vmap(kernel(s.step_size).init)(particles)
+        states = over_particles(kernel(s.step_size).init, particles)
         keys = jr.split(move_key, config.num_mcmc_steps)
         (states, step_size), rates = jax.lax.scan(
             transition, (states, s.step_size), keys
         )
         particles = position_of(states, config.kernel, self.name)
         acceptance = jnp.mean(rates)
-        log_likelihood, log_prior = jax.vmap(densities)(particles)
+        log_likelihood, log_prior = over_particles(densities, particles)
         used = step_size if config.tunes_step_size else jnp.full((), jnp.nan, dtype)
         values = (tempering, ess, acceptance, used, increment)
         trace = SMCDiagnostics(
@@ -607,8 +609,10 @@ def smc(
 
     One SMC group per solve: every other leaf of the model is frozen (an SMC group
     beside an MCMC, variational or optimised group is an error at `Solver.init`).
-    The particles are not sharded over a mesh: a solve with `mesh=` runs them
-    replicated on every device.
+    On a mesh (`Solver.run(..., mesh=...)`), the particles shard over its
+    `"chains"` axis like chains do when `num_particles` is a multiple of its size
+    (see [Scaling out](../scaling.md)); the answer then agrees with the unsharded
+    solve statistically, not bit for bit.
 
     **Arguments:**
 
