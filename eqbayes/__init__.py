@@ -22,6 +22,7 @@ from ._checkpoint import load as load, save as save
 from ._groups import (
     AbstractChainGroup as AbstractChainGroup,
     AbstractGroup as AbstractGroup,
+    AbstractStagedGroup as AbstractStagedGroup,
     Context as Context,
     Draws as Draws,
     GroupResult as GroupResult,
@@ -38,6 +39,7 @@ from ._mcmc import KernelDiagnostics as KernelDiagnostics
 from ._optax import OptaxGroup as OptaxGroup, optimise as optimise
 from ._posterior import History as History, Posterior as Posterior, Result as Result
 from ._sample_prior import sample_prior as sample_prior
+from ._smc import smc as smc, SMCDiagnostics as SMCDiagnostics, SMCGroup as SMCGroup
 from ._solver import Solver as Solver, SolverState as SolverState, Substep as Substep
 from ._summary import Summary as Summary
 from ._vi import (

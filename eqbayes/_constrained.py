@@ -122,6 +122,61 @@ class LeafPriors(eqx.Module):
         return jnp.asarray(total)
 
 
+def _leaf_priors(value: PyTree, prior: Any) -> list[Any]:
+    """`(leaf, its prior)` for every leaf of the plain `value` (None at leaves that
+    are not floating-point arrays); `prior` is a group's log prior (one callable, or
+    `LeafPriors`)."""
+    parts = prior.parts if isinstance(prior, LeafPriors) else (((), prior),)
+    out: list[Any] = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(resolve(value))[0]:
+        if not eqx.is_inexact_array(leaf):
+            out.append(None)
+            continue
+        owner = max(
+            (p for p in parts if path[: len(p[0])] == p[0]), key=lambda p: len(p[0])
+        )
+        out.append((leaf, owner[1]))
+    return out
+
+
+def unsampleable(value: PyTree, prior: Any) -> Any:
+    """The first prior of a leaf of `value` that cannot be drawn from (one that is
+    not from `eb.priors`), or None."""
+    for entry in _leaf_priors(value, prior):
+        if entry is not None and not isinstance(entry[1], AbstractPrior):
+            return entry[1]
+    return None
+
+
+def sample_priors(value: PyTree, prior: Any, key: Any, num_draws: int) -> PyTree:
+    """`num_draws` draws of a group's position from its priors, leaf by leaf,
+    each `(num_draws, *leaf)`, with the structure of `value` (a constrained leaf
+    holds its draws mapped to unconstrained space). Every prior must be sampleable
+    (see `unsampleable`)."""
+    entries = _leaf_priors(value, prior)
+    keys = jax.random.split(key, max(1, len(entries)))
+    draws = []
+    for entry, k in zip(entries, keys):
+        if entry is None:
+            draws.append(None)
+            continue
+        leaf, the_prior = entry
+        shape, dtype = leaf.shape, leaf.dtype
+        draws.append(
+            jax.vmap(lambda kk: the_prior.sample(kk, shape, dtype))(
+                jax.random.split(k, num_draws)
+            )
+        )
+    nodes, treedef = jax.tree.flatten(value, is_leaf=is_constrained)
+    filled = [
+        Constrained(node.constraint.inverse(draw), node.constraint)
+        if is_constrained(node)
+        else draw
+        for node, draw in zip(nodes, draws, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, filled)
+
+
 def path_str(path: tuple) -> str:
     """`layers[2].weight` from a key path."""
     out = ""

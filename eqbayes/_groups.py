@@ -18,7 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ._constrained import resolve
 from ._custom_types import ArrayTree
@@ -167,11 +167,14 @@ class GroupResult(eqx.Module):
     - `diagnostics`: per-draw diagnostics (a Module of `(K, N)` arrays, e.g.
         [`eqbayes.KernelDiagnostics`][]), or None.
     - `approximation`: a fitted distribution (a variational q), or None.
+    - `log_evidence`: an estimate of $\\log p(\\text{data})$ with every
+        normalising constant included (sequential Monte Carlo), or None.
     """
 
     samples: ArrayTree | None = None
     diagnostics: Any = None
     approximation: Any = None
+    log_evidence: Float[Array, ""] | None = None
 
 
 class Draws(eqx.Module):
@@ -391,6 +394,24 @@ class AbstractChainGroup(AbstractGroup):
         """A prefix pytree of the group: True over the parts whose every array has
         the chain axis first (sharded over a mesh's `"chains"` axis), False over
         the rest (replicated)."""
+
+
+class AbstractStagedGroup(AbstractGroup):
+    """A group that decides itself how many solver steps it takes (an adaptive
+    number of stages, such as the tempering stages of sequential Monte Carlo).
+
+    `Solver.run(..., steps=None)` runs such a group until `finished()` holds, at
+    most `max_steps` solver steps; the compiled loop stops at the step after which
+    every staged group of the solve is finished. A finished group's `step` must
+    leave it unchanged (a solve stepped by hand may step it again).
+    """
+
+    #: The most solver steps the group may take (the length of `steps=None`).
+    max_steps: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def finished(self) -> Bool[Array, ""]:
+        """Whether the group is done (traced; False before `init`)."""
 
 
 def num_chains(groups: Sequence[AbstractGroup]) -> int:

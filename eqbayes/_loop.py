@@ -15,6 +15,7 @@ from ._custom_types import ArrayTree
 from ._groups import (
     AbstractChainGroup,
     AbstractGroup,
+    AbstractStagedGroup,
     Context,
     is_group,
     Mode,
@@ -301,16 +302,44 @@ def strong(tree):
     )
 
 
+def finished(state: SolverState) -> Array | None:
+    """Whether every staged group of the solve is finished (None: it has none)."""
+    staged = [
+        g
+        for g in Parts(state.model, state.unmarked).groups
+        if isinstance(g, AbstractStagedGroup)
+    ]
+    if not staged:
+        return None
+    return jnp.all(jnp.stack([g.finished() for g in staged]))
+
+
 def _fori(num, body, state):
-    """`lax.fori_loop` over a state that may hold non-array leaves (activations).
-    The carry, and so the returned state, is strongly typed."""
+    """`num` steps of `body` (`lax.fori_loop`) over a state that may hold non-array
+    leaves (activations); fewer when the solve has staged groups and they all
+    finish first (`lax.while_loop`). The carry, and so the returned state, is
+    strongly typed."""
     dynamic, static = eqx.partition(strong(state), eqx.is_array)
 
     def array_body(i, dynamic):
         out = body(eqx.combine(dynamic, static))
         return eqx.filter(strong(out), eqx.is_array)
 
-    return eqx.combine(jax.lax.fori_loop(0, num, array_body, dynamic), static)
+    if finished(state) is None:
+        return eqx.combine(jax.lax.fori_loop(0, num, array_body, dynamic), static)
+
+    def go_on(carry):
+        i, dynamic = carry
+        done = finished(eqx.combine(dynamic, static))
+        return (i < num) & jnp.logical_not(done)
+
+    def while_body(carry):
+        i, dynamic = carry
+        return i + 1, array_body(i, dynamic)
+
+    start = jnp.zeros((), jnp.asarray(num).dtype)
+    _, dynamic = jax.lax.while_loop(go_on, while_body, (start, dynamic))
+    return eqx.combine(dynamic, static)
 
 
 # -- the compiled programs ----------------------------------------------------------

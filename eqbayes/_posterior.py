@@ -13,6 +13,7 @@ from . import _summary
 from ._checks import count
 from ._marking import path_str
 from ._mcmc import KernelDiagnostics
+from ._smc import SMCDiagnostics
 
 
 _SAMPLES = (
@@ -124,7 +125,8 @@ class Posterior(eqx.Module):
     - `samples`: a pytree of the model's structure holding `(K, N, *leaf_shape)`
         arrays at sampled leaves and `None` at every other leaf (the
         `eqx.partition` convention: frozen leaves are not copied).
-    - `diagnostics`: `{group name: KernelDiagnostics or None}`.
+    - `diagnostics`: `{group name: KernelDiagnostics or None}` (an
+        [`eqbayes.SMCDiagnostics`][] for a tempered SMC group).
     - `model`: the plain model at the end of the solve; `predict` fills its sampled
         leaves with each draw.
     - `labels`: `(group name, group path, label prefix)` per group, which name the
@@ -135,13 +137,17 @@ class Posterior(eqx.Module):
         $\theta = T(z)$ in `samples` (for `simplex`, one component fewer on the
         last axis); elsewhere the same draws as `samples`. For diagnosis (a
         sampler's geometry is that of $z$). None when not filled in.
+    - `log_evidence`: $\\log p(\\text{data})$, normalising constants included, as
+        estimated by a tempered SMC group ([`eqbayes.smc`][]); None for other
+        solves.
     """
 
     samples: PyTree[Float[Array, "chain _draw ..."] | None]
-    diagnostics: dict[str, KernelDiagnostics | None]
+    diagnostics: dict[str, KernelDiagnostics | SMCDiagnostics | None]
     model: PyTree
     labels: tuple[tuple[str, str, str], ...] = eqx.field(static=True, default=())
     unconstrained: PyTree[Float[Array, "chain _draw ..."] | None] = None
+    log_evidence: Float[Array, ""] | None = None
 
     @property
     def has_chain(self) -> bool:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _chunks, _sharding
-from ._loop import chunk_program, Program, SolverState
+from ._loop import chunk_program, finished, Program, SolverState
 from ._posterior import History
 from .callbacks import AbstractCallback, chunk_record
 
@@ -62,12 +62,16 @@ def drive(
             for callback in callbacks:
                 callback(chunk)
 
-    path = (
-        "Fast path (warmup and draws without per-step bookkeeping)"
-        if fast
-        else "General path (the fast path needs one warmup/keep/thin for all "
-        "sampling groups and a fresh solve of exactly their length)"
-    )
+    adaptive = finished(state) is not None  # staged groups: it may end early
+    if adaptive:
+        path = "Staged path (until every staged group finishes, at most)"
+    elif fast:
+        path = "Fast path (warmup and draws without per-step bookkeeping)"
+    else:
+        path = (
+            "General path (the fast path needs one warmup/keep/thin for all "
+            "sampling groups and a fresh solve of exactly their length)"
+        )
     cadence = f"about {_chunks.REFRESH_SECONDS} s each" if sizes.timed else sizes.size
     logger.info(f"{path}: {steps} steps in chunks of {cadence}.")
     with (
@@ -76,9 +80,10 @@ def drive(
         _chunks.HostWork(threaded=bool(callbacks)) as host,
     ):
         at = 0
+        over = False
         if check is not None and steps == 0:
             check()
-        while at < steps:
+        while at < steps and not over:
             n = sizes.next(at)
             host.release()  # the last chunk's host work runs while this computes
             start = time.perf_counter()
@@ -88,11 +93,14 @@ def drive(
             )
             if check is not None and at == 0:
                 check()
+            if adaptive:  # waits for the chunk, which may have stopped early
+                over = bool(finished(state))
+                n = int(state.step) - done - at
             at += n
             if sizes.timed:
                 jax.block_until_ready(record)
-                sizes.observe(n, time.perf_counter() - start, host.seconds)
-            host.submit(tell, state, record, n, last=at == steps)
+                sizes.observe(max(n, 1), time.perf_counter() - start, host.seconds)
+            host.submit(tell, state, record, n, last=at == steps or over)
     return state, history(records)
 
 

@@ -2,21 +2,20 @@
 
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.random as jr
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ._bayesian import BayesianLeaf
 from ._checks import count
-from ._constrained import Constrained, is_constrained, LeafPriors, resolve
+from ._constrained import sample_priors, unsampleable
 from ._groups import AbstractGroup, is_group
 from ._marking import collapse, unwrap
 from ._optax import OptaxGroup
 from ._posterior import Posterior
+from ._smc import SMCGroup
 from ._summary import group_labels
 from ._vi import VIGroup
-from .priors import AbstractPrior
 
 
 _NO_GROUPS = (
@@ -26,8 +25,8 @@ _NO_GROUPS = (
 )
 _NO_PRIOR = (
     "`eb.sample_prior(model, ...)`: group '{name}' is a `{type}`, which has no "
-    "prior that eqbayes can draw from. Only `eb.bayesian` and `eb.vi` groups are "
-    "drawn (`eb.optimise` groups stay at their values)."
+    "prior that eqbayes can draw from. Only `eb.bayesian`, `eb.vi` and `eb.smc` "
+    "groups are drawn (`eb.optimise` groups stay at their values)."
 )
 _NOT_SAMPLEABLE = (
     "`eb.sample_prior(model, ...)`: the prior {prior!r} of group '{name}' cannot "
@@ -40,10 +39,9 @@ _DRAWS = (
 )
 
 
-def _prior_parts(group: AbstractGroup) -> tuple[tuple[tuple, Any], ...] | None:
-    if isinstance(group, (BayesianLeaf, VIGroup)):
-        prior = group.config.prior
-        return prior.parts if isinstance(prior, LeafPriors) else (((), prior),)
+def _prior_of(group: AbstractGroup) -> Any:
+    if isinstance(group, (BayesianLeaf, VIGroup, SMCGroup)):
+        return group.config.prior
     if isinstance(group, OptaxGroup):
         return None
     raise TypeError(_NO_PRIOR.format(name=group.name, type=type(group).__name__))
@@ -52,36 +50,14 @@ def _prior_parts(group: AbstractGroup) -> tuple[tuple[tuple, Any], ...] | None:
 def _group_draws(group: AbstractGroup, key: PRNGKeyArray, num_draws: int) -> PyTree:
     """Draws `(1, num_draws, ...)` of the group's position (unconstrained at
     constrained leaves), or None for a group without a prior."""
-    parts = _prior_parts(group)
-    if parts is None:
+    prior = _prior_of(group)
+    if prior is None:
         return None
-    theta = resolve(group.value)
-    flat = jax.tree_util.tree_flatten_with_path(theta)[0]
-    keys = jr.split(key, max(1, len(flat)))
-    draws = []
-    for (path, leaf), k in zip(flat, keys):
-        if not eqx.is_inexact_array(leaf):
-            draws.append(None)
-            continue
-        owner = max(
-            (p for p in parts if path[: len(p[0])] == p[0]), key=lambda p: len(p[0])
-        )
-        prior = owner[1]
-        if not isinstance(prior, AbstractPrior):
-            raise TypeError(_NOT_SAMPLEABLE.format(prior=prior, name=group.name))
-        shape, dtype = leaf.shape, leaf.dtype
-        one = jax.vmap(lambda kk: prior.sample(kk, shape, dtype))(
-            jr.split(k, num_draws)
-        )
-        draws.append(one[None])
-    nodes, treedef = jax.tree.flatten(group.value, is_leaf=is_constrained)
-    filled = []
-    for node, draw in zip(nodes, draws, strict=True):
-        if is_constrained(node):
-            filled.append(Constrained(node.constraint.inverse(draw), node.constraint))
-        else:
-            filled.append(draw)
-    return jax.tree.unflatten(treedef, filled)
+    bad = unsampleable(group.value, prior)
+    if bad is not None:
+        raise TypeError(_NOT_SAMPLEABLE.format(prior=bad, name=group.name))
+    draws = sample_priors(group.value, prior, key, num_draws)
+    return jax.tree.map(lambda x: x[None], draws)
 
 
 def sample_prior(
@@ -90,8 +66,8 @@ def sample_prior(
     """Draws every marked group of `model` from its prior.
 
     The result is a [`eqbayes.Posterior`][] with one chain: `samples` holds
-    `(1, num_draws, *leaf)` draws at the leaves of `eb.bayesian` and `eb.vi`
-    groups (drawn independently, leaf by leaf, each from its prior; `None`
+    `(1, num_draws, *leaf)` draws at the leaves of `eb.bayesian`, `eb.vi` and
+    `eb.smc` groups (drawn independently, leaf by leaf, each from its prior; `None`
     elsewhere), so `predict` gives prior predictive draws and `summary()` the prior
     moments. `eb.optimise` groups and unmarked leaves stay at the model's values.
     Every prior of a drawn group must come from [`eqbayes.priors`][] (they have

@@ -188,6 +188,19 @@ def over_devices(fn: Any, *batched: Any) -> Any:
     )(*batched)
 
 
+def over_particles(fn: Callable, *batched: Any) -> Any:
+    """`jax.vmap(fn)` over a leading particle axis (tempered SMC). In a solve on a
+    mesh whose `"chains"` axis has several devices, each device vmaps its own block
+    of particles (as `over_devices`), when their number is a multiple of the axis
+    size; otherwise every device computes every particle."""
+    size = jax.tree.leaves(batched)[0].shape[0]
+    if chains_axis():
+        devices = dict(jax.sharding.get_abstract_mesh().shape)[CHAINS]
+        if size % devices == 0:
+            return over_devices(fn, *batched)
+    return jax.vmap(fn)(*batched)
+
+
 def gathered(tree: Any) -> Any:
     """`tree` gathered onto every device (a no-op unless `chains_axis()`): a
     reduction over chains then runs in the order one device would run it, so the
@@ -203,9 +216,9 @@ def over_chains(fn: Callable, *batched: Any) -> Any:
     solve placed on a mesh, each device vmaps its own chains. Without any leaf
     (no chains at all) `fn` is called once and its output gets a leading axis of
     one."""
-    if chains_axis():
-        return over_devices(fn, *batched)
     leaves = jax.tree.leaves(batched)
+    if chains_axis() and leaves:
+        return over_devices(fn, *batched)
     size = leaves[0].shape[0] if leaves else 1
     if size > 1:
         return jax.vmap(fn)(*batched)

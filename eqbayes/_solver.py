@@ -23,6 +23,7 @@ from ._checks import count, is_count
 from ._groups import (
     AbstractChainGroup,
     AbstractGroup,
+    AbstractStagedGroup,
     check_fresh,
     Context,
     is_group,
@@ -570,11 +571,19 @@ class Solver(eqx.Module):
         variational = {
             n: r.approximation for n, r in named if r.approximation is not None
         }
+        evidence = [r.log_evidence for r in results if r.log_evidence is not None]
         plain = unwrap(state.model)
         if history is None:
             history = History(jnp.zeros((0,)), {})
         labels = group_labels(plain, state.model)
-        posterior = Posterior(samples, diagnostics, plain, labels, unconstrained)
+        posterior = Posterior(
+            samples,
+            diagnostics,
+            plain,
+            labels,
+            unconstrained,
+            log_evidence=evidence[0] if len(evidence) == 1 else None,
+        )
         return Result(plain, posterior, history, variational, state)
 
     # -- run ------------------------------------------------------------------------
@@ -601,7 +610,10 @@ class Solver(eqx.Module):
             model of the first run (or None).
         - `steps`: solver steps; `None` means the longest sampling group's
             `warmup + keep * thin` (required when no group samples). A longer solve
-            keeps each group's last `keep` draws. `0` takes no step: the result at
+            keeps each group's last `keep` draws. With a group that decides its
+            own number of steps (the tempering stages of [`eqbayes.smc`][]), the
+            solve stops once it is finished, after at most `steps` steps (`None`:
+            its `max_steps`). `0` takes no step: the result at
             the start (for models without chains, e.g. an [`eqbayes.laplace`][]
             group fitted at the values it was marked with).
         - `key`: a JAX PRNG key (`jax.random.key(0)`); same key, same chain. With
@@ -639,7 +651,8 @@ class Solver(eqx.Module):
             raise ValueError(_NO_GROUPS)
         done = 0 if state is None else int(state.step)
         chain_groups = [g for g in groups if isinstance(g, AbstractChainGroup)]
-        steps, needed = _steps(chain_groups, steps, done)
+        staged = [g for g in groups if isinstance(g, AbstractStagedGroup)]
+        steps, needed = _steps(chain_groups, steps, done, staged)
         if checkpoint_every is not None and (
             checkpoint is None or not is_count(checkpoint_every)
         ):
@@ -711,16 +724,18 @@ def _as_key(key: Any, fn: str) -> PRNGKeyArray:
     )
 
 
-def _steps(chain_groups, steps, done: int) -> tuple[int, int]:
+def _steps(chain_groups, steps, done: int, staged=()) -> tuple[int, int]:
     """`(steps to run, steps the longest schedule needs)`: `steps=None` runs to the
-    end of the longest schedule; a solve that ends before a group's schedule does
+    end of the longest schedule (for staged groups, at most their `max_steps`: the
+    solve stops once they finish); a solve that ends before a group's schedule does
     is an error."""
     schedules = {g.schedule for g in chain_groups}
     needed = max((w + k * t for w, k, t in schedules), default=0)
     if steps is None:
-        if not schedules:
+        if not schedules and not staged:
             raise ValueError(_NEED_STEPS)
-        steps = max(needed - done, 0)
+        longest = max([needed, *(g.max_steps for g in staged)])
+        steps = max(longest - done, 0)
     elif not is_count(steps, minimum=0):
         raise ValueError(_STEPS_TYPE.format(steps=steps))
     for g in chain_groups:

@@ -13,6 +13,7 @@ from . import diagnostics as _diagnostics
 from ._groups import is_group
 from ._marking import is_wrapper, MaskedGroup, path_str
 from ._mcmc import KernelDiagnostics
+from ._smc import SMCDiagnostics
 
 
 _QUANTILES = (
@@ -114,10 +115,15 @@ def _components(name: str, shape: tuple[int, ...]) -> list[str]:
     return [f"{name}[{', '.join(map(str, index))}]" for index in np.ndindex(*shape)]
 
 
-def diagnostics_line(name: str, diagnostics: KernelDiagnostics | None) -> str:
-    """One line on a group's kernel diagnostics: divergences, acceptance, energy."""
+def diagnostics_line(
+    name: str, diagnostics: KernelDiagnostics | SMCDiagnostics | None
+) -> str:
+    """One line on a group's kernel diagnostics: divergences, acceptance, energy
+    (for tempered SMC: the stages, their ESS and acceptance)."""
     if diagnostics is None:
         return f"Group '{name}': no kernel diagnostics"
+    if isinstance(diagnostics, SMCDiagnostics):
+        return _smc_line(name, diagnostics)
     parts = []
     if diagnostics.is_divergent is not None:
         total = diagnostics.is_divergent.size
@@ -135,6 +141,19 @@ def diagnostics_line(name: str, diagnostics: KernelDiagnostics | None) -> str:
     return f"Group '{name}': " + (
         ", ".join(parts) if parts else "no kernel diagnostics"
     )
+
+
+def _smc_line(name: str, d: SMCDiagnostics) -> str:
+    stages = d.tempering.shape[0]
+    parts = [f"tempered SMC, {stages} stage(s) to lambda = "]
+    parts[0] += f"{float(d.tempering[-1]):.4g}" if stages else "0"
+    if stages:
+        parts.append(f"ESS before resampling min {float(jnp.min(d.ess)):.0f}")
+        rate = d.acceptance_rate
+        if bool(jnp.any(jnp.isfinite(rate))):
+            parts.append(f"mean accept {float(jnp.nanmean(rate)):.2f}")
+        parts.append(f"log evidence {float(jnp.sum(d.log_evidence_increment)):.6g}")
+    return f"Group '{name}': " + ", ".join(parts)
 
 
 def _spread(values: Any) -> str:
@@ -256,7 +275,7 @@ def _format(column: str, value: float) -> str:
 
 def summarise(
     samples: PyTree,
-    diagnostics: dict[str, KernelDiagnostics | None],
+    diagnostics: dict[str, KernelDiagnostics | SMCDiagnostics | None],
     labels,
     quantiles: Sequence[float] = (0.05, 0.5, 0.95),
 ) -> Summary:
@@ -326,7 +345,7 @@ def as_numpy(x: Any) -> np.ndarray:
 
 def to_arviz(
     samples: PyTree,
-    diagnostics: dict[str, KernelDiagnostics | None],
+    diagnostics: dict[str, KernelDiagnostics | SMCDiagnostics | None],
     labels,
     extra: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
@@ -337,7 +356,10 @@ def to_arviz(
     chains = {k: np.asarray(v) for k, v in variables(samples, labels).items()}
     if not chains:
         raise ValueError(_EMPTY.format(fn="to_arviz", what="convert"))
-    reported = {n: d for n, d in diagnostics.items() if d is not None}
+    # Per-draw kernel statistics (the stages of tempered SMC are not draws).
+    reported = {
+        n: d for n, d in diagnostics.items() if isinstance(d, KernelDiagnostics)
+    }
     draws = {name: x.shape[1] for name, x in chains.items()}
     for name, d in reported.items():
         for field in ("is_divergent", "acceptance_rate", "energy"):

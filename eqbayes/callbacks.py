@@ -31,6 +31,7 @@ from jaxtyping import PyTree
 from . import _checkpoint
 from ._checks import count
 from ._groups import AbstractChainGroup, AbstractGroup, Context, is_group, Mode
+from ._mcmc import KernelDiagnostics
 
 
 __all__ = [
@@ -185,7 +186,7 @@ def _group_record(group: AbstractGroup, step: int) -> GroupRecord | None:
         mean = float(np.mean(np.asarray(leaves[0])))
     stats: dict[str, Any] = {}
     diagnostics = result.diagnostics if n > 0 else None
-    if diagnostics is not None:
+    if isinstance(diagnostics, KernelDiagnostics):
         if diagnostics.is_divergent is not None:
             stats["n_is_divergent"] = int(np.sum(diagnostics.is_divergent))
         for field in ("acceptance_rate", "energy"):
@@ -281,7 +282,16 @@ class ProgressBar(AbstractCallback):
 
     def __call__(self, record: ChunkRecord) -> None:
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{record.loss:.4g}", refresh=False)
+            # The loss, and the tempering of staged groups (adaptive SMC).
+            extra = {
+                f"{key}[{name}]": f"{value:.3g}"
+                for name, scalars in record.monitor.items()
+                for key, value in scalars.items()
+                if key == "tempering"
+            }
+            if extra:  # adaptive stages: the length is not known, only its bound
+                self._bar.total = None
+            self._bar.set_postfix(loss=f"{record.loss:.4g}", **extra, refresh=False)
             self._bar.update(record.steps)
 
     def end(self) -> None:
