@@ -12,11 +12,10 @@ import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from blackjax.mcmc.metrics import LowRankInverseMassMatrix
 from jaxtyping import Array, PyTree
 
 from . import _mcmc
-from blackjax.mcmc.metrics import LowRankInverseMassMatrix
-
 from ._adaptation import metric_kind
 from ._checks import check_float, check_int, check_likelihood_scale
 from ._groups import AbstractChainGroup, chain_flags, Context, GroupResult, Solve

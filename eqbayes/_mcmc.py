@@ -10,9 +10,8 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
-
 from blackjax.mcmc.metrics import LowRankInverseMassMatrix
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from ._adaptation import (
     low_rank_identity,
