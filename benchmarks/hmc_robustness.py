@@ -4,7 +4,8 @@ The two-coefficient Gaussian of `examples/quickstart.py` (y = a sin(πx) + b cos
 + N(0, 0.1²) at 101 points, prior N(0, 10²)), sampled with `blackjax.hmc` and
 `num_integration_steps=10`, a diagonal metric (`metric="diag"`), 4 chains, 500
 warmup + 1000 draws, `init_jitter=0.1`, float32. For each key it prints, per
-coefficient, the R-hat and the ratio of the sample sd to the exact posterior sd; a key passes when every R-hat < 1.05 and every
+coefficient, the R-hat and the ratio of the sample sd to the exact posterior sd; a
+key passes when every R-hat < 1.05 and every
 sd is within 10 % of exact.
 
 A shared step size can put every chain of fixed-length HMC on the same
