@@ -117,9 +117,7 @@ def run_eqbayes(p: Problem, key: int, metric: str, settings: dict) -> Run:
         **options,
     )
     solver = eb.Solver(lambda m, d: -p.log_density(m, d), progress=False)
-    result, seconds = _timed(
-        lambda: solver.run(model, key=jr.key(key), args=(p.data,))
-    )
+    result, seconds = _timed(lambda: solver.run(model, key=jr.key(key), args=(p.data,)))
     diagnostics = result.posterior.diagnostics["posterior"]
     imm = diagnostics.inverse_mass_matrix
     kind = (
@@ -320,9 +318,7 @@ def bnn_table(keys, metrics, settings) -> None:
     print()
     print("| model | " + " | ".join(metrics) + " |")
     print("|---" * (len(metrics) + 1) + "|")
-    print(
-        "| bnn | " + " | ".join(f"{np.mean(values[m]):.2f}" for m in metrics) + " |"
-    )
+    print("| bnn | " + " | ".join(f"{np.mean(values[m]):.2f}" for m in metrics) + " |")
 
 
 def main() -> None:

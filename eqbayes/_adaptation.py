@@ -119,7 +119,7 @@ def _as_arrays(tree, dtype):
 def window_init(
     position: ArrayTree,
     step_size: Float[Array, ""],
-    inverse_mass_matrix: Float[Array, "..."],
+    inverse_mass_matrix: Float[Array, "..."] | LowRankInverseMassMatrix,
     warmup: int,
     adapt_mass_matrix: bool = True,
     rows_per_step: int = 1,

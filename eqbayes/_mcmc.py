@@ -99,12 +99,12 @@ class KernelDiagnostics(eqx.Module):
         if isinstance(imm, LowRankInverseMassMatrix):
             sigma, u, lam = (jnp.asarray(x) for x in imm)
             inner = jnp.einsum("kir,kr,kjr->kij", u, lam - 1, u)
-            inner = inner + jnp.eye(sigma.shape[-1], dtype=sigma.dtype)
+            inner = inner + jnp.eye(sigma.shape[-1], dtype=sigma.dtype)[None]
             return sigma[:, :, None] * inner * sigma[:, None, :]
         imm = jnp.asarray(imm)
         if imm.ndim == 3:
             return imm
-        return imm[:, :, None] * jnp.eye(imm.shape[-1], dtype=imm.dtype)
+        return imm[:, :, None] * jnp.eye(imm.shape[-1], dtype=imm.dtype)[None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +172,9 @@ class MCMCState(eqx.Module):
     adaptation: WindowAdaptationState | CheesState | None
     draws: Draws
 
-    def tuning(self, num_chains: int) -> tuple[ArrayLike | None, ArrayLike | None]:
+    def tuning(
+        self, num_chains: int
+    ) -> tuple[ArrayLike | None, ArrayLike | LowRankInverseMassMatrix | None]:
         """The step size `(K,)` and inverse mass matrix `(K, ...)`, one per chain
         (shared values repeated)."""
         step_size, imm = self.step_size, self.inverse_mass_matrix
@@ -185,7 +187,7 @@ class MCMCState(eqx.Module):
 
 
 def _kernel_kwargs(
-    config: MCMCConfig, state_step_size, state_imm, arrays: dict[str, Array]
+    config: MCMCConfig, state_step_size, state_imm, arrays: dict[str, Any]
 ) -> dict[str, Any]:
     """The factory's keyword arguments: the group's settings, then the state's step
     size and inverse mass matrix (which replace a user-given initial one)."""
@@ -262,7 +264,7 @@ def initial_positions(
 
 def init_state(
     config: MCMCConfig,
-    arrays: dict[str, Array],
+    arrays: dict[str, Any],
     positions: ArrayTree,
     logdensity_for: Callable[[ArrayTree], LogDensity],
     ctx: Context,
@@ -377,7 +379,7 @@ def _chees_step(config, state, ctx, proposal, initial, info, name) -> MCMCState:
 
 def step_state(
     config: MCMCConfig,
-    arrays: dict[str, Array],
+    arrays: dict[str, Any],
     state: MCMCState,
     logdensity_for: Callable[[ArrayTree], LogDensity],
     ctx: Context,
