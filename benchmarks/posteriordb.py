@@ -5,8 +5,8 @@ coordinate, the eqbayes mean, the reference mean, the z-score
 `(mean - ref) / (sd_ref * sqrt(1/ESS + 1/ESS_ref))` (passes when |z| < 4, the
 posteriordb README's tolerance), the bulk ESS, the R-hat (passes when < 1.01) and the
 verdict. `--backend blackjax` runs the hand-written blackjax program instead (same
-model, same settings, per-chain window adaptation of a dense metric), to tell a model problem from an
-eqbayes one.
+model, same settings, per-chain window adaptation of a dense metric), to tell a model
+problem from an eqbayes one.
 
     python benchmarks/posteriordb.py
     python benchmarks/posteriordb.py --backend blackjax --chains 4 --keep 2000
