@@ -520,12 +520,22 @@ def bayesian(
         `result.posterior.diagnostics[name].step_size` and
         `.inverse_mass_matrix`, one per chain. The guide "Choosing and tuning a
         kernel" says more.
-    - `metric`: the inverse mass matrix that the adaptation estimates: `"diag"`
-        (the posterior variances), `"dense"` (the full covariance: much better on
-        correlated posteriors, O(d²) per leapfrog step and O(d³) per adaptation
-        window, so for up to a few hundred components) or `"auto"` (the
-        default: the kind of a given `inverse_mass_matrix=`, else `"diag"`).
-        Only for kernels that take an inverse mass matrix.
+    - `metric`: the inverse mass matrix that the adaptation estimates, for
+        kernels that take one. `"diag"`: the posterior variances (Stan's and
+        NumPyro's default). `"dense"`: the full covariance, much better on
+        correlated posteriors; O(d²) per leapfrog step and O(d³) per adaptation
+        window, so for up to a few hundred components. `"low_rank"`: a diagonal
+        plus `max_rank` directions, estimated from the draws and their gradients
+        by minimising the Fisher divergence (Seyboldt, Carlson & Carpenter 2026,
+        as nutpie does); O(d·r) per step, meant for networks. `"auto"` (the
+        default): the kind of a given `inverse_mass_matrix=`; else, when window
+        adaptation runs, `"dense"` for up to 200 components and `"low_rank"`
+        above; else (`adapt=False`, `warmup=0`, ChEES-HMC) `"diag"`. The guide
+        "Choosing and tuning a kernel" (section "Which mass matrix") has the
+        measurements behind this choice.
+    - `max_rank`: the number of directions of a `metric="low_rank"` metric
+        (default 10, at most the number of components). Only with
+        `metric="low_rank"`.
     - `step_size_jitter`: each transition uses a step size drawn uniformly from
         `step_size · [1 - j, 1 + j]`, so that fixed-length HMC cannot lock into a
         periodic orbit (Neal 2011, section 5.4.2.2). `None` (the default) means
@@ -560,7 +570,9 @@ def bayesian(
         `temperature`). `step_size` is required except for HMC-family kernels
         with `adapt=True` and `warmup > 0`, where it is the initial step size of
         the adaptation (default 1.0). `inverse_mass_matrix` defaults to the
-        identity.
+        identity; one you pass (an array `(d,)` or `(d, d)`, or blackjax's
+        `LowRankInverseMassMatrix(sigma, U, lam)`) is used as given: the
+        window adaptation then tunes the step size only.
 
     **Returns:**
 
