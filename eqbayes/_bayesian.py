@@ -384,6 +384,11 @@ _MAX_RANK_METRIC = (
     '`max_rank=` sets the rank of a low-rank metric. Pass `metric="low_rank"` '
     "with it, or drop `max_rank=`."
 )
+_MAX_RANK_GIVEN = (
+    "`eb.bayesian(..., max_rank={value!r}, inverse_mass_matrix=...)` for group "
+    "'{name}': the given low-rank inverse mass matrix has rank {rank}. Drop "
+    "`max_rank=` (the rank follows the matrix)."
+)
 _MAX_RANK = (
     "`eb.bayesian(..., max_rank={value!r})` for group '{name}': the rank of the "
     "low-rank metric is a positive integer, e.g. `max_rank=10`."
@@ -757,7 +762,12 @@ def _check_metric(
     if kind != "low_rank":
         return kind, 0
     if given is not None:  # the rank of the given factors
-        return kind, int(jnp.shape(imm.lam)[-1])
+        rank = int(jnp.shape(imm.lam)[-1])
+        if max_rank is not None and max_rank != rank:
+            raise ValueError(
+                _MAX_RANK_GIVEN.format(value=max_rank, name=name, rank=rank)
+            )
+        return kind, rank
     if max_rank is None:
         return kind, min(DEFAULT_MAX_RANK, d)
     if (

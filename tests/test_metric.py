@@ -214,6 +214,16 @@ def _named(template: str, **values) -> str:
             _named(_bayesian._METRIC_IMM, value="low_rank", given="diag"),
         ),
         (
+            dict(
+                metric="low_rank",
+                max_rank=3,
+                inverse_mass_matrix=LowRankInverseMassMatrix(
+                    jnp.ones(4), jnp.zeros((4, 2)), jnp.ones(2)
+                ),
+            ),
+            _named(_bayesian._MAX_RANK_GIVEN, value=3, rank=2),
+        ),
+        (
             dict(kernel=blackjax.hmc, adapt="chees", metric="low_rank"),
             "ChEES-HMC works with a diagonal metric only.",
         ),
