@@ -82,10 +82,6 @@ class WindowAdaptationState(eqx.Module):
     schedule: Int[Array, "warmup 2"]
     kind: str = eqx.field(static=True)  # "diag", "dense" or "low_rank"
 
-    @property
-    def is_diagonal(self) -> bool:
-        return self.kind == "diag"
-
 
 def _blocks(kind: str):
     return (

@@ -534,7 +534,8 @@ def bayesian(
         by minimising the Fisher divergence (Seyboldt, Carlson & Carpenter 2026,
         as nutpie does); O(d·r) per step, meant for networks. `"auto"` (the
         default): the kind of a given `inverse_mass_matrix=`; else, when window
-        adaptation runs, `"dense"` for up to 200 components and `"low_rank"`
+        adaptation runs, `"dense"` for up to 200 components, `"low_rank"` up to
+        100,000 (its warmup holds a window of draws and gradients) and `"diag"`
         above; else (`adapt=False`, `warmup=0`, ChEES-HMC) `"diag"`. The guide
         "Choosing and tuning a kernel" (section "Which mass matrix") has the
         measurements behind this choice.
@@ -715,9 +716,12 @@ def bayesian(
     )
 
 
-# `metric="auto"` is dense up to this many sampled components, low-rank above (see
-# the guide "Choosing and tuning a kernel", section "Which mass matrix").
+# `metric="auto"` is dense up to AUTO_DENSE_MAX_DIM sampled components, low-rank up
+# to AUTO_LOW_RANK_MAX_DIM (its warmup holds a window of draws and gradients, 2 x 500
+# x d numbers per chain for a 1000-step warmup), diagonal above (see the guide
+# "Choosing and tuning a kernel", section "Which mass matrix").
 AUTO_DENSE_MAX_DIM = 200
+AUTO_LOW_RANK_MAX_DIM = 100_000
 DEFAULT_MAX_RANK = 10
 
 
@@ -754,7 +758,13 @@ def _check_metric(
         elif not adapts:  # the identity (ChEES-HMC estimates a diagonal)
             kind = "diag"
         else:
-            kind = "dense" if d <= AUTO_DENSE_MAX_DIM else "low_rank"
+            kind = (
+                "dense"
+                if d <= AUTO_DENSE_MAX_DIM
+                else "low_rank"
+                if d <= AUTO_LOW_RANK_MAX_DIM
+                else "diag"
+            )
     else:
         kind = metric
         if given is not None and given != kind:

@@ -116,6 +116,15 @@ def test_auto_picks_by_dimension(caplog):
     ]
     assert leaf.config.metric == "low_rank"
     assert leaf.config.max_rank == _bayesian.DEFAULT_MAX_RANK
+    huge = _bayesian.AUTO_LOW_RANK_MAX_DIM + 1
+    (leaf,) = [
+        g
+        for g in jax.tree.leaves(
+            _marked(d=huge), is_leaf=lambda x: isinstance(x, eb.BayesianLeaf)
+        )
+        if isinstance(g, eb.BayesianLeaf)
+    ]
+    assert leaf.config.metric == "diag"
     # Nothing adapts the metric: the identity diagonal.
     fixed = _marked(adapt=False, step_size=0.1)
     (leaf,) = [
