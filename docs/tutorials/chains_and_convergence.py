@@ -88,8 +88,8 @@ solver = eb.Solver(loss, progress=False)
 #
 # During warmup, Stan-style window adaptation (assembled from blackjax's components)
 # tunes a step size and an inverse mass matrix (dense for this small model) for
-# *each* chain from its own
-# acceptance rates and positions, so the chains stay independent, as R-hat assumes
+# *each* chain from its own acceptance rates and positions, so the chains stay
+# independent, as R-hat assumes
 # (`adapt="pooled"` would share one adaptation among them; the guide "Choosing and
 # tuning a kernel" says when that pays).
 
@@ -289,8 +289,9 @@ plt.show()
 #
 # 1. **Let eqbayes adapt.** With `adapt=True` (the default) and `warmup > 0`, NUTS
 #    and HMC get a step size tuned to an acceptance rate of 0.8 and an inverse mass
-#    matrix estimated from the warmup draws (dense for a small model like this one). That is the run at the top
-#    of this page: same model, same data, no divergences.
+#    matrix estimated from the warmup draws (dense for a small model like this
+#    one). That is the run at the top of this page: same model, same data, no
+#    divergences.
 # 2. **Warm up for longer.** If a few divergences remain, a longer `warmup` gives
 #    the adaptation more draws to estimate the posterior's scales.
 # 3. **Make a fixed step size smaller.** For kernels that are not adapted (MALA,
