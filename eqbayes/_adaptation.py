@@ -192,11 +192,19 @@ def window_update_per_chain(
     """`window_update` of each chain's own state (every leaf of `state` has the
     chain axis first): K independent adaptations, each device its own chains."""
 
+    # Every chain follows the same schedule: read outside the vmap, the window
+    # flags stay unbatched, so that `lax.cond` runs the slow-window and window-end
+    # branches only when they apply (batched, it would run both every step; for
+    # the low-rank estimate that is an SVD per step).
+    flags = state.schedule[0, step]
+
     def one(state_k, position_k, acceptance_rate_k, gradient_k):
         position_k, gradient_k = jax.tree.map(
             lambda x: x[None], (position_k, gradient_k)
         )
-        return _update(state_k, step, position_k, acceptance_rate_k[None], gradient_k)
+        return _update(
+            state_k, step, position_k, acceptance_rate_k[None], gradient_k, flags
+        )
 
     return over_chains(one, state, positions, acceptance_rate, gradients)
 
@@ -235,9 +243,9 @@ def _low_rank_blocks(max_rank: int):
     return update, final
 
 
-def _update(state, step, positions, acceptance_rate, gradients=None):
+def _update(state, step, positions, acceptance_rate, gradients=None, flags=None):
     (_, mm_update, mm_final), (da_init, da_update, da_final) = _blocks(state.kind)
-    stage, window_end = state.schedule[step, 0], state.schedule[step, 1]
+    stage, window_end = state.schedule[step] if flags is None else flags
     ss_state = da_update(state.ss_state, jnp.mean(acceptance_rate))
 
     if state.kind == "low_rank":
