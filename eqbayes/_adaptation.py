@@ -22,6 +22,7 @@ adaptation sweep that the chains share; `adapt=True` runs one state per chain
 (`window_update_per_chain`), as Stan and NumPyro do.
 """
 
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -133,7 +134,7 @@ def window_init(
     dtype = step_size.dtype
     with jax.numpy_dtype_promotion("standard"), jax.ensure_compile_time_eval():
         schedule = np.asarray(build_schedule(warmup))  # blackjax mixes bools and ints
-    if kind == "low_rank":
+    if isinstance(inverse_mass_matrix, LowRankInverseMassMatrix):
         rows = (
             rows_per_step * _largest_slow_window(schedule) if adapt_mass_matrix else 1
         )
@@ -230,7 +231,12 @@ def _low_rank_blocks(max_rank: int):
 
     def final(s: LowRankWindowState) -> LowRankWindowState:
         sigma, _, u, lam = _compute_low_rank_metric(
-            s.draws, s.grads, s.count, max_rank, LOW_RANK_GAMMA, LOW_RANK_CUTOFF
+            s.draws,
+            s.grads,
+            s.count,  # pyright: ignore[reportArgumentType]  (a traced count)
+            max_rank,
+            LOW_RANK_GAMMA,
+            LOW_RANK_CUTOFF,
         )
         imm = LowRankInverseMassMatrix(sigma, u, lam)
         return LowRankWindowState(
@@ -243,6 +249,20 @@ def _low_rank_blocks(max_rank: int):
     return update, final
 
 
+def _welford_slow(mm_update, imm_state, *, positions):
+    """blackjax's Welford update with each chain's position in turn."""
+
+    def one(i, s):
+        return mm_update(s, jax.tree.map(lambda x: x[i], positions))
+
+    num_chains = jax.tree.leaves(positions)[0].shape[0]
+    return jax.lax.fori_loop(0, num_chains, one, imm_state)
+
+
+def _welford_final(mm_final, imm_state, *, dtype):
+    return _as_arrays(mm_final(imm_state), dtype)
+
+
 def _update(state, step, positions, acceptance_rate, gradients=None, flags=None):
     (_, mm_update, mm_final), (da_init, da_update, da_final) = _blocks(state.kind)
     stage, window_end = state.schedule[step] if flags is None else flags
@@ -250,24 +270,12 @@ def _update(state, step, positions, acceptance_rate, gradients=None, flags=None)
 
     if state.kind == "low_rank":
         max_rank = state.imm_state.inverse_mass_matrix.lam.shape[-1]
-        lr_update, lr_final = _low_rank_blocks(max_rank)
-
-        def slow(imm_state):
-            return lr_update(imm_state, positions, gradients)
-
-        def end_metric(imm_state):
-            return lr_final(imm_state)
+        lr_update, end_metric = _low_rank_blocks(max_rank)
+        slow = functools.partial(lr_update, positions=positions, gradients=gradients)
     else:
-
-        def slow(imm_state):
-            def one(i, s):
-                return mm_update(s, jax.tree.map(lambda x: x[i], positions))
-
-            num_chains = jax.tree.leaves(positions)[0].shape[0]
-            return jax.lax.fori_loop(0, num_chains, one, imm_state)
-
-        def end_metric(imm_state):
-            return _as_arrays(mm_final(imm_state), ss_state.log_step_size.dtype)
+        dtype = ss_state.log_step_size.dtype
+        slow = functools.partial(_welford_slow, mm_update, positions=positions)
+        end_metric = functools.partial(_welford_final, mm_final, dtype=dtype)
 
     imm_state = jax.lax.cond(stage == 1, slow, lambda s: s, state.imm_state)
 

@@ -183,7 +183,7 @@ class BayesianLeaf(AbstractChainGroup):
             self.name,
         )
         spec = self.config.kernel
-        used = {k: v for k, v in update.items() if spec.accepts(k)}
+        used: dict[str, Any] = {k: v for k, v in update.items() if spec.accepts(k)}
         imm = used.get("inverse_mass_matrix")
         if imm is not None:
             d = jax.flatten_util.ravel_pytree(first)[0].size
@@ -771,7 +771,7 @@ def _check_metric(
             raise ValueError(_METRIC_IMM.format(value=metric, name=name, given=given))
     if kind != "low_rank":
         return kind, 0
-    if given is not None:  # the rank of the given factors
+    if isinstance(imm, LowRankInverseMassMatrix):  # the rank of the given factors
         rank = int(jnp.shape(imm.lam)[-1])
         if max_rank is not None and max_rank != rank:
             raise ValueError(
