@@ -24,10 +24,11 @@ def _keep_info(info: Any) -> dict[str, jax.Array]:
     return {f: getattr(info, f) for f in INFO_FIELDS if hasattr(info, f)}
 
 
-def _adapt(kernel, logdensity_fn, key, position, warmup, kernel_kwargs):
+def _adapt(kernel, logdensity_fn, key, position, warmup, kernel_kwargs, diagonal):
     adaptation = blackjax.window_adaptation(
         kernel,
         logdensity_fn,
+        is_mass_matrix_diagonal=diagonal,
         adaptation_info_fn=get_filter_adapt_info_fn(),  # keep no warmup trace
         **kernel_kwargs,
     )
@@ -42,20 +43,22 @@ def make_single_chain(
     *,
     warmup: int,
     keep: int,
+    diagonal: bool = True,
     **kernel_kwargs: Any,
 ) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
     """`run(key, position, *args) -> (positions (keep, ...), info (keep,))`, one chain.
 
     `blackjax.window_adaptation(kernel, logdensity_fn).run(key, position, warmup)`,
     then a `lax.scan` of `kernel(logdensity_fn, step_size, imm).step` over `keep`
-    steps, stacking the positions and the kept info fields.
+    steps, stacking the positions and the kept info fields. `diagonal=False` adapts
+    a dense inverse mass matrix.
     """
 
     def run(key, position, *args):
         logdensity = lambda p: logdensity_fn(p, *args)
         warmup_key, sample_key = jax.random.split(key)
         state, step_size, imm = _adapt(
-            kernel, logdensity, warmup_key, position, warmup, kernel_kwargs
+            kernel, logdensity, warmup_key, position, warmup, kernel_kwargs, diagonal
         )
         step = kernel(logdensity, step_size, imm, **kernel_kwargs).step
 
@@ -78,6 +81,7 @@ def make_multi_chain(
     num_chains: int,
     warmup: int,
     keep: int,
+    diagonal: bool = True,
     **kernel_kwargs: Any,
 ) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
     """`run(key, positions, *args) -> (positions (K, keep, ...), info (K, keep))`.
@@ -91,7 +95,12 @@ def make_multi_chain(
         logdensity = lambda p: logdensity_fn(p, *args)
         warmup_key, sample_key = jax.random.split(key)
         adapt = functools.partial(
-            _adapt, kernel, logdensity, warmup=warmup, kernel_kwargs=kernel_kwargs
+            _adapt,
+            kernel,
+            logdensity,
+            warmup=warmup,
+            kernel_kwargs=kernel_kwargs,
+            diagonal=diagonal,
         )
         states, step_sizes, imms = jax.vmap(adapt)(
             jax.random.split(warmup_key, num_chains), positions

@@ -10,9 +10,9 @@ kernels' `num_integration_steps`), and reports
 
 (deterministic for a key: no timing). Rows:
 
-- `eqbayes per-chain`: `eb.bayesian(..., blackjax.nuts)` defaults (`adapt=True`,
-  diagonal metric);
-- `eqbayes pooled`: `adapt="pooled"`;
+- `eqbayes per-chain`: `eb.bayesian(..., blackjax.nuts, metric="diag")` (each chain
+  adapted on its own, `adapt=True`, the default);
+- `eqbayes pooled`: `adapt="pooled"`, `metric="diag"`;
 - `eqbayes dense`: `metric="dense"` (per chain);
 - `eqbayes ChEES-HMC`: `blackjax.hmc` with `adapt="chees"` (step size, jittered
   trajectory length and a diagonal mass matrix shared by the 4 chains);
@@ -97,8 +97,8 @@ def counted_hmc(logdensity_fn, step_size, inverse_mass_matrix, num_integration_s
 
 SETTINGS = dict(num_chains=4, warmup=1000, keep=1000, init_jitter=0.1)
 VARIANTS = {
-    "eqbayes per-chain": {},
-    "eqbayes pooled": {"adapt": "pooled"},
+    "eqbayes per-chain": {"metric": "diag"},
+    "eqbayes pooled": {"adapt": "pooled", "metric": "diag"},
     "eqbayes dense": {"metric": "dense"},
     "eqbayes ChEES-HMC": {"adapt": "chees", "kernel": counted_hmc},
 }

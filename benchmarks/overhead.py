@@ -123,6 +123,7 @@ def _case_config(case: str, s: Settings):
             loss=sincos_loss,
             kernel=blackjax.nuts,
             kernel_kwargs={},
+            metric="dense",  # what eqbayes's metric="auto" picks for 2 components
             prior_sigma=10.0,
             warmup=s.sincos_warmup,
             keep=s.sincos_keep,
@@ -137,6 +138,10 @@ def _case_config(case: str, s: Settings):
             loss=mlp_loss,
             kernel=blackjax.hmc,
             kernel_kwargs={"num_integration_steps": 16},
+            # eqbayes's "auto" would pick its low-rank metric for the 1153 weights;
+            # blackjax's own low-rank warmup is another algorithm, so both sides
+            # adapt a diagonal one here.
+            metric="diag",
             prior_sigma=1.0,
             warmup=s.mlp_warmup,
             keep=s.mlp_keep,
@@ -165,6 +170,7 @@ def build(case: str, side: str, s: Settings) -> Callable[[jax.Array], Any]:
             # for fixed-length HMC, absent from the hand-written program).
             adapt=True,
             step_size_jitter=0.0,
+            metric=c["metric"],
             **c["kernel_kwargs"],
         )
         solver = eb.Solver(c["loss"], progress=False)
@@ -180,7 +186,12 @@ def build(case: str, side: str, s: Settings) -> Callable[[jax.Array], Any]:
         def logdensity(p, x, y):
             return -scale * loss(eqx.combine(p, static), x, y) + log_prior(p)
 
-        common = dict(warmup=c["warmup"], keep=c["keep"], **c["kernel_kwargs"])
+        common = dict(
+            warmup=c["warmup"],
+            keep=c["keep"],
+            diagonal=c["metric"] == "diag",
+            **c["kernel_kwargs"],
+        )
         if c["num_chains"] == 1:
             run = make_single_chain(c["kernel"], logdensity, **common)
             return lambda key: run(key, params, x, y)

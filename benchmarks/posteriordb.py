@@ -5,8 +5,8 @@ coordinate, the eqbayes mean, the reference mean, the z-score
 `(mean - ref) / (sd_ref * sqrt(1/ESS + 1/ESS_ref))` (passes when |z| < 4, the
 posteriordb README's tolerance), the bulk ESS, the R-hat (passes when < 1.01) and the
 verdict. `--backend blackjax` runs the hand-written blackjax program instead (same
-model, same settings, per-chain window adaptation), to tell a model problem from an
-eqbayes one.
+model, same settings, per-chain window adaptation of a dense metric), to tell a model
+problem from an eqbayes one.
 
     python benchmarks/posteriordb.py
     python benchmarks/posteriordb.py --backend blackjax --chains 4 --keep 2000
@@ -58,6 +58,7 @@ def sample_blackjax(name, key, *, num_chains, warmup, keep, init_jitter) -> pdb.
             num_chains=num_chains,
             warmup=warmup,
             keep=keep,
+            diagonal=False,  # the dense metric eqbayes's default picks here
         )
         start = time.perf_counter()
         samples, info = run(run_key, positions, data)

@@ -12,9 +12,11 @@ import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from blackjax.mcmc.metrics import LowRankInverseMassMatrix
 from jaxtyping import Array, PyTree
 
 from . import _mcmc
+from ._adaptation import metric_kind
 from ._checks import check_float, check_int, check_likelihood_scale
 from ._groups import AbstractChainGroup, chain_flags, Context, GroupResult, Solve
 from ._kernels import (
@@ -42,6 +44,11 @@ _IMM_SHAPE = (
     "`eb.bayesian(..., inverse_mass_matrix=...)` for group '{name}': the group has "
     "{d} sampled components, so the inverse mass matrix must have shape ({d},) "
     "(diagonal) or ({d}, {d}) (dense); got shape {shape}."
+)
+_IMM_LOW_RANK_SHAPE = (
+    "`eb.bayesian(..., inverse_mass_matrix=LowRankInverseMassMatrix(sigma, U, lam))` "
+    "for group '{name}': with {d} sampled components and `max_rank={r}` the shapes "
+    "must be ({d},), ({d}, {r}) and ({r},); got {shapes}."
 )
 _SUBSTEP_INIT = (
     "`Solver(..., substeps=...)`: group '{name}' has an initializer "
@@ -89,7 +96,7 @@ class BayesianLeaf(AbstractChainGroup):
     value: PyTree
     config: MCMCConfig = eqx.field(static=True)
     name: str = eqx.field(static=True)
-    arrays: dict[str, Array]
+    arrays: dict[str, Array | LowRankInverseMassMatrix]
     state: MCMCState | None = None
     warm: WarmStart | None = eqx.field(static=True, default=None)
 
@@ -144,13 +151,10 @@ class BayesianLeaf(AbstractChainGroup):
         assert ctx.key is not None and ctx.start is not None
         warm_key, kernel_key = jr.split(ctx.key)
         group, positions = self._warm_start(warm_key, ctx.start, ctx)
-        # An initializer's inverse mass matrix is kept by the window adaptation
-        # (which then tunes the step size only) unless it asks to re-estimate it.
-        kept = (
-            group.warm is not None
-            and "inverse_mass_matrix" in group.warm.used
-            and not getattr(group.config.init, "adapt_mass_matrix", False)
-        )
+        # A given inverse mass matrix (the user's `inverse_mass_matrix=`, or an
+        # initializer's) is kept by the window adaptation, which then tunes the
+        # step size only, unless the initializer asks to re-estimate it.
+        kept = group._keeps_given_metric()
         state = _mcmc.init_state(
             group.config,
             group.arrays,
@@ -179,7 +183,7 @@ class BayesianLeaf(AbstractChainGroup):
             self.name,
         )
         spec = self.config.kernel
-        used = {k: v for k, v in update.items() if spec.accepts(k)}
+        used: dict[str, Any] = {k: v for k, v in update.items() if spec.accepts(k)}
         imm = used.get("inverse_mass_matrix")
         if imm is not None:
             d = jax.flatten_util.ravel_pytree(first)[0].size
@@ -188,6 +192,13 @@ class BayesianLeaf(AbstractChainGroup):
                     _INIT_IMM_SHAPE.format(
                         init=type(init).__name__, name=self.name, d=d, shape=imm.shape
                     )
+                )
+            if self.config.metric == "low_rank" and imm.ndim == 1:
+                # A diagonal start of the low-rank metric: sigma² = the variances.
+                used["inverse_mass_matrix"] = LowRankInverseMassMatrix(
+                    jnp.sqrt(imm),
+                    jnp.zeros((d, self.config.max_rank), imm.dtype),
+                    jnp.ones(self.config.max_rank, imm.dtype),
                 )
         warm = WarmStart(tuple(sorted(used)), tuple(sorted(set(update) - set(used))))
         group = BayesianLeaf(
@@ -233,7 +244,16 @@ class BayesianLeaf(AbstractChainGroup):
         if imm is not None:
             flat, _ = jax.flatten_util.ravel_pytree(self.initial_position())
             d = flat.size
-            if imm.shape not in ((d,), (d, d)):
+            if isinstance(imm, LowRankInverseMassMatrix):
+                r = config.max_rank
+                shapes = tuple(jnp.shape(x) for x in imm)
+                if shapes != ((d,), (d, r), (r,)):
+                    raise ValueError(
+                        _IMM_LOW_RANK_SHAPE.format(
+                            name=self.name, d=d, r=r, shapes=shapes
+                        )
+                    )
+            elif imm.shape not in ((d,), (d, d)):
                 raise ValueError(
                     _IMM_SHAPE.format(name=self.name, d=d, shape=imm.shape)
                 )
@@ -261,9 +281,11 @@ class BayesianLeaf(AbstractChainGroup):
             )
         elif config.adapts:
             how = "per chain" if config.per_chain else "pooled over the chains"
+            kept = self._keeps_given_metric()
             warm = (
                 f"warmup {config.warmup} (window adaptation {how}, "
-                f"{'dense' if config.metric == 'dense' else 'diagonal'} metric, "
+                f"{self._metric_name()} metric"
+                f"{' (given, kept)' if kept else ''}, "
                 f"from step size {self._initial_step_size()})"
             )
         elif config.adapt and config.warmup > 0 and not config.kernel.is_hmc_family:
@@ -291,6 +313,27 @@ class BayesianLeaf(AbstractChainGroup):
             f"{self._describe_init()}{warm}, keep {config.keep}, thin {config.thin}; "
             f"diagnostics: {recorded}"
         )
+
+    def _keeps_given_metric(self) -> bool:
+        """Whether the window adaptation keeps a given inverse mass matrix (the
+        user's `inverse_mass_matrix=` or an initializer's) and tunes the step size
+        only: always, unless the initializer asks to re-estimate it."""
+        reestimate = (
+            self.warm is not None
+            and "inverse_mass_matrix" in self.warm.used
+            and getattr(self.config.init, "adapt_mass_matrix", False)
+        )
+        return "inverse_mass_matrix" in self.arrays and not reestimate
+
+    def _metric_name(self) -> str:
+        """`"diagonal"`, `"dense"` or `"low-rank (rank r)"`: the kind of metric the
+        group uses (of its state once built, since an initializer may set it)."""
+        kind = self.config.metric
+        if self.state is not None and self.state.inverse_mass_matrix is not None:
+            kind = metric_kind(self.state.inverse_mass_matrix)
+        if kind == "low_rank":
+            return f"low-rank (diagonal + rank {self.config.max_rank})"
+        return "dense" if kind == "dense" else "diagonal"
 
     def _initial_step_size(self) -> str:
         if self.state is not None and self.state.step_size is not None:
@@ -334,7 +377,21 @@ _CHEES = (
 )
 _METRIC_CHOICE = (
     "`eb.bayesian(..., metric={value!r})` for group '{name}': `metric` is \"auto\", "
-    '"diag" or "dense".'
+    '"diag", "dense" or "low_rank".'
+)
+_MAX_RANK_METRIC = (
+    "`eb.bayesian(..., metric={value!r}, max_rank={rank!r})` for group '{name}': "
+    '`max_rank=` sets the rank of a low-rank metric. Pass `metric="low_rank"` '
+    "with it, or drop `max_rank=`."
+)
+_MAX_RANK_GIVEN = (
+    "`eb.bayesian(..., max_rank={value!r}, inverse_mass_matrix=...)` for group "
+    "'{name}': the given low-rank inverse mass matrix has rank {rank}. Drop "
+    "`max_rank=` (the rank follows the matrix)."
+)
+_MAX_RANK = (
+    "`eb.bayesian(..., max_rank={value!r})` for group '{name}': the rank of the "
+    "low-rank metric is a positive integer, e.g. `max_rank=10`."
 )
 _METRIC_KERNEL = (
     "`eb.bayesian(..., kernel={kernel}, metric={value!r})` for group '{name}': this "
@@ -342,9 +399,9 @@ _METRIC_KERNEL = (
 )
 _METRIC_IMM = (
     "`eb.bayesian(..., metric={value!r}, inverse_mass_matrix=...)` for group "
-    "'{name}': the given inverse mass matrix is {ndim}-D, but a {value} metric is "
-    "{want}-D. Pass a matching matrix, or drop `metric=` (its kind then follows "
-    "the matrix)."
+    "'{name}': the given inverse mass matrix is {given} (a 1-D array is diag, a "
+    "2-D array dense, blackjax's `LowRankInverseMassMatrix` low_rank). Pass a "
+    "matching matrix, or drop `metric=` (its kind then follows the matrix)."
 )
 _JITTER_RANGE = (
     "`eb.bayesian(..., step_size_jitter={value!r})` for group '{name}': the jitter "
@@ -384,6 +441,7 @@ def bayesian(
     init: Any = None,
     name: str | None = None,
     metric: str = "auto",
+    max_rank: int | None = None,
     step_size_jitter: float | None = None,
     **kernel_kwargs: Any,
 ) -> PyTree:
@@ -467,12 +525,23 @@ def bayesian(
         `result.posterior.diagnostics[name].step_size` and
         `.inverse_mass_matrix`, one per chain. The guide "Choosing and tuning a
         kernel" says more.
-    - `metric`: the inverse mass matrix that the adaptation estimates: `"diag"`
-        (the posterior variances), `"dense"` (the full covariance: much better on
-        correlated posteriors, O(d²) per leapfrog step and O(d³) per adaptation
-        window, so for up to a few hundred components) or `"auto"` (the
-        default: the kind of a given `inverse_mass_matrix=`, else `"diag"`).
-        Only for kernels that take an inverse mass matrix.
+    - `metric`: the inverse mass matrix that the adaptation estimates, for
+        kernels that take one. `"diag"`: the posterior variances (Stan's and
+        NumPyro's default). `"dense"`: the full covariance, much better on
+        correlated posteriors; O(d²) per leapfrog step and O(d³) per adaptation
+        window, so for up to a few hundred components. `"low_rank"`: a diagonal
+        plus `max_rank` directions, estimated from the draws and their gradients
+        by minimising the Fisher divergence (Seyboldt, Carlson & Carpenter 2026,
+        as nutpie does); O(d·r) per step, meant for networks. `"auto"` (the
+        default): the kind of a given `inverse_mass_matrix=`; else, when window
+        adaptation runs, `"dense"` for up to 200 components, `"low_rank"` up to
+        100,000 (its warmup holds a window of draws and gradients) and `"diag"`
+        above; else (`adapt=False`, `warmup=0`, ChEES-HMC) `"diag"`. The guide
+        "Choosing and tuning a kernel" (section "Which mass matrix") has the
+        measurements behind this choice.
+    - `max_rank`: the number of directions of a `metric="low_rank"` metric
+        (default 10, at most the number of components). Only with
+        `metric="low_rank"`.
     - `step_size_jitter`: each transition uses a step size drawn uniformly from
         `step_size · [1 - j, 1 + j]`, so that fixed-length HMC cannot lock into a
         periodic orbit (Neal 2011, section 5.4.2.2). `None` (the default) means
@@ -507,7 +576,9 @@ def bayesian(
         `temperature`). `step_size` is required except for HMC-family kernels
         with `adapt=True` and `warmup > 0`, where it is the initial step size of
         the adaptation (default 1.0). `inverse_mass_matrix` defaults to the
-        identity.
+        identity; one you pass (an array `(d,)` or `(d, d)`, or blackjax's
+        `LowRankInverseMassMatrix(sigma, U, lam)`) is used as given: the
+        window adaptation then tunes the step size only.
 
     **Returns:**
 
@@ -580,14 +651,27 @@ def bayesian(
         chees = ("num_integration_steps",) if adapt == "chees" else ()
         check_kernel_kwargs(spec, kwargs, group_name, supplied=chees)
         kwargs.pop("step_size", None)
-        the_metric = _check_metric(metric, spec, kwargs, group_name)
+        d = sum(
+            x.size for x in jax.tree.leaves(eqx.filter(subtree, eqx.is_inexact_array))
+        )
+        the_metric, rank = _check_metric(
+            metric,
+            max_rank,
+            spec,
+            kwargs,
+            group_name,
+            d,
+            adapts=adapts and adapt != "chees",
+        )
         jitter_fraction = _check_jitter(
             step_size_jitter, spec, group_name, chees=adapt == "chees"
         )
         arrays = {}
         static = []
         for key, value in sorted(kwargs.items()):
-            if eqx.is_array_like(value) and not isinstance(value, (bool, int, float)):
+            if isinstance(value, LowRankInverseMassMatrix):
+                arrays[key] = LowRankInverseMassMatrix(*map(jnp.asarray, value))
+            elif eqx.is_array_like(value) and not isinstance(value, (bool, int, float)):
                 arrays[key] = jnp.asarray(value)
             else:
                 try:
@@ -613,6 +697,7 @@ def bayesian(
             static_kwargs=tuple(static),
             init=the_init,
             metric=the_metric,
+            max_rank=rank,
             step_size_jitter=jitter_fraction,
         )
         return BayesianLeaf(
@@ -631,26 +716,78 @@ def bayesian(
     )
 
 
-def _check_metric(metric: Any, spec, kwargs: dict[str, Any], name: str) -> str:
-    """The metric's kind, `"diag"` or `"dense"` (`"auto"` resolved)."""
-    if metric not in ("auto", "diag", "dense"):
+# `metric="auto"` is dense up to AUTO_DENSE_MAX_DIM sampled components, low-rank up
+# to AUTO_LOW_RANK_MAX_DIM (its warmup holds a window of draws and gradients, 2 x 500
+# x d numbers per chain for a 1000-step warmup), diagonal above (see the guide
+# "Choosing and tuning a kernel", section "Which mass matrix").
+AUTO_DENSE_MAX_DIM = 200
+AUTO_LOW_RANK_MAX_DIM = 100_000
+DEFAULT_MAX_RANK = 10
+
+
+def _check_metric(
+    metric: Any,
+    max_rank: Any,
+    spec,
+    kwargs: dict[str, Any],
+    name: str,
+    d: int,
+    adapts: bool = True,
+) -> tuple[str, int]:
+    """The metric's kind, `"diag"`, `"dense"` or `"low_rank"` (`"auto"` resolved),
+    and the low-rank metric's rank (0 for the others). `adapts`: whether window
+    adaptation estimates the metric (without it, "auto" keeps the identity
+    diagonal: the same metric at the lowest cost)."""
+    if metric not in ("auto", "diag", "dense", "low_rank"):
         raise ValueError(_METRIC_CHOICE.format(value=metric, name=name))
+    if max_rank is not None and metric != "low_rank":
+        raise ValueError(
+            _MAX_RANK_METRIC.format(value=metric, rank=max_rank, name=name)
+        )
     if "inverse_mass_matrix" not in spec.parameters:
         if metric != "auto":
             raise ValueError(
                 _METRIC_KERNEL.format(kernel=spec.name, value=metric, name=name)
             )
-        return "diag"
+        return "diag", 0
     imm = kwargs.get("inverse_mass_matrix")
-    ndim = None if imm is None else jnp.ndim(imm)
+    given = None if imm is None else metric_kind(imm)
     if metric == "auto":
-        return "dense" if ndim == 2 else "diag"
-    want = 1 if metric == "diag" else 2
-    if ndim is not None and ndim != want:
-        raise ValueError(
-            _METRIC_IMM.format(value=metric, name=name, ndim=ndim, want=want)
-        )
-    return metric
+        if given is not None:
+            kind = given
+        elif not adapts:  # the identity (ChEES-HMC estimates a diagonal)
+            kind = "diag"
+        else:
+            kind = (
+                "dense"
+                if d <= AUTO_DENSE_MAX_DIM
+                else "low_rank"
+                if d <= AUTO_LOW_RANK_MAX_DIM
+                else "diag"
+            )
+    else:
+        kind = metric
+        if given is not None and given != kind:
+            raise ValueError(_METRIC_IMM.format(value=metric, name=name, given=given))
+    if kind != "low_rank":
+        return kind, 0
+    if isinstance(imm, LowRankInverseMassMatrix):  # the rank of the given factors
+        rank = int(jnp.shape(imm.lam)[-1])
+        if max_rank is not None and max_rank != rank:
+            raise ValueError(
+                _MAX_RANK_GIVEN.format(value=max_rank, name=name, rank=rank)
+            )
+        return kind, rank
+    if max_rank is None:
+        return kind, min(DEFAULT_MAX_RANK, d)
+    if (
+        isinstance(max_rank, bool)
+        or not isinstance(max_rank, (int, np.integer))
+        or max_rank < 1
+    ):
+        raise ValueError(_MAX_RANK.format(value=max_rank, name=name))
+    # More directions than components add nothing.
+    return kind, min(int(max_rank), d)
 
 
 def _check_chees(spec, kernel_kwargs, metric, warmup: int, name: str) -> None:
@@ -667,8 +804,14 @@ def _check_chees(spec, kernel_kwargs, metric, warmup: int, name: str) -> None:
             "ChEES-HMC sets each transition's number of integration steps from the "
             "trajectory length it adapts. Drop `num_integration_steps=`."
         )
-    elif metric == "dense" or np.ndim(kernel_kwargs.get("inverse_mass_matrix", 0)) == 2:
-        why = 'ChEES-HMC works with a diagonal metric only. Drop `metric="dense"`.'
+    elif metric in ("dense", "low_rank") or (
+        "inverse_mass_matrix" in kernel_kwargs
+        and metric_kind(kernel_kwargs["inverse_mass_matrix"]) != "diag"
+    ):
+        why = (
+            "ChEES-HMC works with a diagonal metric only. Drop `metric=` (or pass "
+            '`metric="diag"`).'
+        )
     elif warmup == 0:
         why = "ChEES-HMC adapts during warmup: pass `warmup=` > 0."
     if why is not None:

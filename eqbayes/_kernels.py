@@ -231,6 +231,13 @@ def position_of(state: Any, spec: KernelSpec, group_name: str) -> Any:
     )
 
 
+def gradient_of(state: Any) -> Any:
+    """The log-density gradient a kernel state caches (blackjax's HMC-family
+    states), or None."""
+    fields = getattr(state, "_fields", ()) if isinstance(state, tuple) else ()
+    return getattr(state, "logdensity_grad") if "logdensity_grad" in fields else None
+
+
 def info_fields(info: Any) -> dict[str, Array]:
     """The diagnostic fields (of `DIAGNOSTIC_FIELDS`) that a kernel's info carries."""
     if isinstance(info, tuple) and hasattr(info, "_fields"):

@@ -10,9 +10,11 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
+from blackjax.mcmc.metrics import LowRankInverseMassMatrix
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from ._adaptation import (
+    low_rank_identity,
     window_init,
     window_update,
     window_update_per_chain,
@@ -21,7 +23,7 @@ from ._adaptation import (
 from ._chees import advance, chees_init, chees_update, CheesState, num_steps
 from ._custom_types import ArrayTree
 from ._groups import Context, Draws, Mode
-from ._kernels import info_fields, KernelSpec, position_of
+from ._kernels import gradient_of, info_fields, KernelSpec, position_of
 
 
 # `(position) -> log density` for one chain, given the other groups' positions.
@@ -58,8 +60,12 @@ class KernelDiagnostics(eqx.Module):
         drawn around it.
     - `inverse_mass_matrix`: shape `(K, d)` (diagonal) or `(K, d, d)` (dense),
         over the group's d sampled components in the order of
-        `jax.flatten_util.ravel_pytree` of its position. None for kernels that
-        take no inverse mass matrix.
+        `jax.flatten_util.ravel_pytree` of its position; for `metric="low_rank"`
+        blackjax's `LowRankInverseMassMatrix(sigma, U, lam)` with shapes `(K, d)`,
+        `(K, d, r)` and `(K, r)` (r = `max_rank`), the inverse mass matrix
+        being `diag(sigma) (I + U diag(lam - 1) Uᵀ) diag(sigma)` (see
+        `dense_inverse_mass_matrix()` for the dense matrix). None for kernels
+        that take no inverse mass matrix.
     """
 
     is_divergent: Bool[ArrayLike, "chain draw"] | None = None
@@ -67,7 +73,38 @@ class KernelDiagnostics(eqx.Module):
     energy: Float[ArrayLike, "chain draw"] | None = None
     num_integration_steps: Int[ArrayLike, "chain draw"] | None = None
     step_size: Float[ArrayLike, " chain"] | None = None
-    inverse_mass_matrix: Float[ArrayLike, " chain *metric"] | None = None
+    inverse_mass_matrix: (
+        Float[ArrayLike, " chain *metric"] | LowRankInverseMassMatrix | None
+    ) = None
+
+    def dense_inverse_mass_matrix(self) -> Float[Array, "chain d d"] | None:
+        r"""Each chain's inverse mass matrix as a dense `(K, d, d)` matrix,
+        whatever its kind: `diag(v)` for a diagonal one, a dense one as it is, and
+        $\mathrm{diag}(\sigma)(I + U\,\mathrm{diag}(\lambda - 1)\,U^\top)
+        \mathrm{diag}(\sigma)$ for low-rank factors. It estimates the posterior
+        covariance of the group's components after warmup. O(d²) memory per
+        chain: for a large network, read the factors instead. None for kernels
+        that take no inverse mass matrix.
+
+        !!! Example
+
+            ```python
+            diagnostics = result.posterior.diagnostics["Coefficients"]
+            cov = diagnostics.dense_inverse_mass_matrix()[0]  # chain 0
+            ```
+        """
+        imm = self.inverse_mass_matrix
+        if imm is None:
+            return None
+        if isinstance(imm, LowRankInverseMassMatrix):
+            sigma, u, lam = (jnp.asarray(x) for x in imm)
+            inner = jnp.einsum("kir,kr,kjr->kij", u, lam - 1, u)
+            inner = inner + jnp.eye(sigma.shape[-1], dtype=sigma.dtype)[None]
+            return sigma[:, :, None] * inner * sigma[:, None, :]
+        imm = jnp.asarray(imm)
+        if imm.ndim == 3:
+            return imm
+        return imm[:, :, None] * jnp.eye(imm.shape[-1], dtype=imm.dtype)[None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +124,9 @@ class MCMCConfig:
     static_kwargs: tuple[tuple[str, Any], ...]
     # A log-density-aware initializer (`eqbayes.initializers`), or None.
     init: Any = None
-    metric: str = "diag"  # the adapted inverse mass matrix: "diag" or "dense"
+    # The adapted inverse mass matrix: "diag", "dense" or "low_rank".
+    metric: str = "diag"
+    max_rank: int = 0  # the low-rank metric's number of directions
     # Each transition's step size is drawn uniformly from step_size·[1 - j, 1 + j].
     step_size_jitter: float = 0.0
 
@@ -129,23 +168,26 @@ class MCMCState(eqx.Module):
 
     kernel_state: ArrayTree
     step_size: Float[Array, "*chains"] | None
-    inverse_mass_matrix: Float[Array, "..."] | None
+    inverse_mass_matrix: Float[Array, "..."] | LowRankInverseMassMatrix | None
     adaptation: WindowAdaptationState | CheesState | None
     draws: Draws
 
-    def tuning(self, num_chains: int) -> tuple[ArrayLike | None, ArrayLike | None]:
+    def tuning(
+        self, num_chains: int
+    ) -> tuple[ArrayLike | None, ArrayLike | LowRankInverseMassMatrix | None]:
         """The step size `(K,)` and inverse mass matrix `(K, ...)`, one per chain
         (shared values repeated)."""
         step_size, imm = self.step_size, self.inverse_mass_matrix
         if step_size is not None and step_size.ndim == 0:
             step_size = jnp.broadcast_to(step_size, (num_chains,))
-            if imm is not None:
-                imm = jnp.broadcast_to(imm, (num_chains, *imm.shape))
+            imm = jax.tree.map(
+                lambda x: jnp.broadcast_to(x, (num_chains, *x.shape)), imm
+            )
         return step_size, imm
 
 
 def _kernel_kwargs(
-    config: MCMCConfig, state_step_size, state_imm, arrays: dict[str, Array]
+    config: MCMCConfig, state_step_size, state_imm, arrays: dict[str, Any]
 ) -> dict[str, Any]:
     """The factory's keyword arguments: the group's settings, then the state's step
     size and inverse mass matrix (which replace a user-given initial one)."""
@@ -222,7 +264,7 @@ def initial_positions(
 
 def init_state(
     config: MCMCConfig,
-    arrays: dict[str, Array],
+    arrays: dict[str, Any],
     positions: ArrayTree,
     logdensity_for: Callable[[ArrayTree], LogDensity],
     ctx: Context,
@@ -246,11 +288,12 @@ def init_state(
         step_size = jnp.asarray(arrays.get("step_size", initial), dtype)
     imm = None
     if "inverse_mass_matrix" in spec.parameters:
-        identity = (
-            jnp.eye(flat.size, dtype=dtype)
-            if config.metric == "dense"
-            else jnp.ones(flat.size, dtype)
-        )
+        if config.metric == "dense":
+            identity = jnp.eye(flat.size, dtype=dtype)
+        elif config.metric == "low_rank":
+            identity = low_rank_identity(flat.size, config.max_rank, dtype)
+        else:
+            identity = jnp.ones(flat.size, dtype)
         imm = arrays.get("inverse_mass_matrix", identity)
     kwargs = _kernel_kwargs(config, step_size, imm, arrays)
     if config.chees:  # set per transition; any value builds the kernel
@@ -266,7 +309,10 @@ def init_state(
     adaptation = None
     if config.adapts:
         assert step_size is not None and imm is not None
-        adaptation = window_init(one, step_size, imm, config.warmup, adapt_mass_matrix)
+        rows = 1 if config.per_chain else config.num_chains
+        adaptation = window_init(
+            one, step_size, imm, config.warmup, adapt_mass_matrix, rows
+        )
     if config.chees:
         assert step_size is not None
         # A given inverse mass matrix (the user's, an initializer's) is kept.
@@ -333,7 +379,7 @@ def _chees_step(config, state, ctx, proposal, initial, info, name) -> MCMCState:
 
 def step_state(
     config: MCMCConfig,
-    arrays: dict[str, Array],
+    arrays: dict[str, Any],
     state: MCMCState,
     logdensity_for: Callable[[ArrayTree], LogDensity],
     ctx: Context,
@@ -360,12 +406,18 @@ def step_state(
         assert isinstance(state.adaptation, CheesState)
         fixed["num_integration_steps"] = num_steps(state.adaptation, state.step_size)
 
+    # The low-rank estimate reads the log-density gradient at each warmup draw.
+    wants_gradient = (
+        config.adapts and config.metric == "low_rank" and ctx.mode is not Mode.DRAWS
+    )
+
     def one_chain(others_k, kernel_state, key_k, *tuning_k):
         kwargs = {**_kernel_kwargs(config, *(tuning_k or tuning), arrays), **fixed}
         if config.step_size_jitter > 0:
             jitter_key, key_k = jr.split(key_k)
             kwargs = _jittered(kwargs, config.step_size_jitter, jitter_key)
-        algorithm, step_kwargs = _algorithm(spec, logdensity_for(others_k), kwargs)
+        logdensity = logdensity_for(others_k)
+        algorithm, step_kwargs = _algorithm(spec, logdensity, kwargs)
         # Stochastic-gradient states cache no log density: nothing to refresh.
         if ctx.refresh and not spec.is_stochastic_gradient:
             position = position_of(kernel_state, spec, name)
@@ -374,16 +426,24 @@ def step_state(
             new_state, info = algorithm.step(key_k, kernel_state)
             proposal = (info.proposal.position, info.proposal.momentum)
             return (new_state, info_fields(info)), proposal
-        return _step_kernel(spec, algorithm, step_kwargs, key_k, kernel_state), ()
+        out = _step_kernel(spec, algorithm, step_kwargs, key_k, kernel_state)
+        if wants_gradient:
+            gradient = gradient_of(out[0])
+            if gradient is None:  # a custom state that caches none
+                gradient = jax.grad(logdensity)(position_of(out[0], spec, name))
+            return out, gradient
+        return out, ()
 
     # One chain uses the group's key as it is (a split costs a hash per step).
     key = ctx.key
     assert key is not None
     keys = jr.split(key, config.num_chains) if config.num_chains > 1 else key[None]
     initial = position_of(state.kernel_state, spec, name)
-    (kernel_state, info), proposal = ctx.over_chains(
+    (kernel_state, info), extra = ctx.over_chains(
         one_chain, state.kernel_state, keys, *batched
     )
+    proposal = extra if config.chees else None
+    gradients = extra if wants_gradient else None
     state = eqx.tree_at(lambda s: s.kernel_state, state, kernel_state)
     if config.chees:
         state = _chees_step(config, state, ctx, proposal, initial, info, name)
@@ -395,7 +455,7 @@ def step_state(
             positions = position_of(s.kernel_state, spec, name)
             update = window_update_per_chain if config.per_chain else window_update
             adaptation, step_size, imm = update(
-                s.adaptation, ctx.step, positions, info["acceptance_rate"]
+                s.adaptation, ctx.step, positions, info["acceptance_rate"], gradients
             )
             return eqx.tree_at(
                 lambda x: (x.adaptation, x.step_size, x.inverse_mass_matrix),

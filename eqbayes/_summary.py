@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from blackjax.mcmc.metrics import LowRankInverseMassMatrix
 from jaxtyping import Array, PyTree
 
 from . import diagnostics as _diagnostics
@@ -169,7 +170,22 @@ def _tuning(diagnostics: KernelDiagnostics) -> list[str]:
     if diagnostics.step_size is not None:
         parts.append(f"step size {_spread(diagnostics.step_size)}")
     imm = diagnostics.inverse_mass_matrix
-    if imm is not None:
+    if isinstance(imm, LowRankInverseMassMatrix):
+        lo, hi = float(jnp.min(imm.sigma**2)), float(jnp.max(imm.sigma**2))
+        rescaled = imm.lam != 1
+        most = int(jnp.max(jnp.sum(rescaled, axis=-1)))
+        lam = imm.lam[rescaled]
+        scales = (
+            f"up to {most} direction(s) per chain rescaled by "
+            f"{float(jnp.min(lam)):.3g}–{float(jnp.max(lam)):.3g}"
+            if most
+            else "no direction rescaled"
+        )
+        parts.append(
+            f"low-rank inverse mass matrix (rank {imm.lam.shape[-1]}), sigma² "
+            f"{lo:.3g}–{hi:.3g}, {scales}"
+        )
+    elif imm is not None:
         kind = "dense" if imm.ndim == 3 else "diagonal"
         diagonal = jnp.diagonal(imm, axis1=1, axis2=2) if imm.ndim == 3 else imm
         lo, hi = float(jnp.min(diagonal)), float(jnp.max(diagonal))

@@ -27,6 +27,7 @@ from problems import Coefficients, LIKELIHOOD_SCALE, mse
 from sharded_problem import DATA, marked, solver
 
 import eqbayes as eb
+from eqbayes import KernelDiagnostics
 
 
 if jax.device_count() != 8:
@@ -127,6 +128,50 @@ def test_pooled_adaptation_placement_and_bits():
     assert group.state.step_size.shape == ()
     for leaf in jax.tree.leaves(shared):
         assert leaf.sharding.is_fully_replicated
+
+
+def _low_rank_group(state):
+    (group,) = [
+        g
+        for g in jax.tree.leaves(
+            state.model, is_leaf=lambda x: isinstance(x, eb.BayesianLeaf)
+        )
+    ]
+    return group
+
+
+@pytest.mark.parametrize("adapt", [True, "pooled"])
+def test_low_rank_manual_steps(adapt):
+    """`metric="low_rank"` through a whole warmup (its slow window reads every
+    chain's draws and gradients). Pooled: every bit of the unsharded solve, the
+    factors replicated. Per chain: the factors live on the chain axis and agree
+    with the unsharded ones to rounding (the estimate's reductions over a window
+    are batched over 2 chains per device instead of 16, which changes their last
+    bit), so the chains agree in distribution, not bitwise."""
+    model = marked(warmup=40, keep=5, adapt=adapt, metric="low_rank", max_rank=1)
+    s = solver()
+    state = s.init(model, key=jr.key(1), args=DATA, mesh=CHAINS)
+    plain = s.init(model, key=jr.key(1), args=DATA)
+    for _ in range(40):  # to the end of warmup
+        state = s.step(state, args=DATA)
+        plain = s.step(plain, args=DATA)
+    imm = _low_rank_group(state).state.inverse_mass_matrix
+    assert not np.all(np.asarray(imm.sigma) == 1.0)  # estimated
+    for leaf in jax.tree.leaves(imm):
+        if adapt is True:
+            assert _chain_sharded(leaf, CHAINS)
+        else:
+            assert leaf.sharding.is_fully_replicated
+    if adapt == "pooled":
+        assert tree_equal(state, plain)
+    else:
+        dense = [
+            KernelDiagnostics(
+                inverse_mass_matrix=_low_rank_group(x).state.inverse_mass_matrix
+            ).dense_inverse_mass_matrix()
+            for x in (state, plain)
+        ]
+        np.testing.assert_allclose(dense[0], dense[1], rtol=1e-4)
 
 
 def test_chees_manual_steps_bitwise():

@@ -46,7 +46,7 @@ def _run(model, data=DATA, key=0):
 def test_each_chain_adapts_its_own():
     """`adapt=True`: one step size and inverse mass matrix per chain, read off the
     result; the chains' own adaptations settle on different values."""
-    diagnostics = _run(_marked()).posterior.diagnostics["Coefficients"]
+    diagnostics = _run(_marked(metric="diag")).posterior.diagnostics["Coefficients"]
     assert diagnostics.step_size.shape == (4,)
     assert diagnostics.inverse_mass_matrix.shape == (4, 2)
     assert len(np.unique(np.asarray(diagnostics.step_size))) == 4
@@ -60,7 +60,9 @@ def test_each_chain_adapts_its_own():
 def test_pooled_and_no_adaptation():
     """`adapt="pooled"`: one step size and mass matrix for all chains; `adapt=False`:
     the given step size and the identity."""
-    pooled = _run(_marked(adapt="pooled")).posterior.diagnostics["Coefficients"]
+    pooled = _run(_marked(adapt="pooled", metric="diag")).posterior.diagnostics[
+        "Coefficients"
+    ]
     assert pooled.step_size.shape == (4,)
     assert len(np.unique(np.asarray(pooled.step_size))) == 1
     imm = np.asarray(pooled.inverse_mass_matrix)
@@ -100,7 +102,8 @@ def test_metric_follows_a_given_matrix():
 
 
 def _hmc(key, **kwargs):
-    """The quickstart problem with fixed-length HMC, 10 integration steps."""
+    """The quickstart problem with fixed-length HMC, 10 integration steps and a
+    diagonal metric (the setting of `benchmarks/hmc_robustness.py`)."""
     mean, cov = exact_posterior(*DATA)
     model = eb.bayesian(
         Coefficients(jnp.array(0.0), jnp.array(0.0)),
@@ -112,6 +115,7 @@ def _hmc(key, **kwargs):
         likelihood_scale=LIKELIHOOD_SCALE,
         prior=eb.priors.gaussian(10.0),
         num_integration_steps=10,
+        metric="diag",
         **kwargs,
     )
     samples = _run(model, key=key).posterior.samples
@@ -161,14 +165,14 @@ def test_log_lines_show_the_tuning(caplog):
     "kwargs, match",
     [
         (dict(adapt="chains"), "`adapt` is True (each chain adapts its own"),
-        (dict(metric="full"), '`metric` is "auto", "diag" or "dense"'),
+        (dict(metric="full"), '`metric` is "auto", "diag", "dense" or "low_rank".'),
         (
             dict(kernel=blackjax.mala, step_size=0.1, metric="dense"),
             "this kernel takes no inverse mass matrix. Drop `metric=`.",
         ),
         (
             dict(metric="diag", inverse_mass_matrix=jnp.eye(2)),
-            "the given inverse mass matrix is 2-D, but a diag metric is 1-D",
+            "the given inverse mass matrix is dense (a 1-D array is diag",
         ),
         (dict(step_size_jitter=1.0), "is a fraction 0 <= j < 1 of the step size"),
         (dict(step_size_jitter=-0.1), "is a fraction 0 <= j < 1 of the step size"),

@@ -87,8 +87,9 @@ solver = eb.Solver(loss, progress=False)
 # likely forgotten their starts.
 #
 # During warmup, Stan-style window adaptation (assembled from blackjax's components)
-# tunes a step size and a diagonal inverse mass matrix for *each* chain from its own
-# acceptance rates and positions, so the chains stay independent, as R-hat assumes
+# tunes a step size and an inverse mass matrix (dense for this small model) for
+# *each* chain from its own acceptance rates and positions, so the chains stay
+# independent, as R-hat assumes
 # (`adapt="pooled"` would share one adaptation among them; the guide "Choosing and
 # tuning a kernel" says when that pays).
 
@@ -207,8 +208,8 @@ for name in ("log_amplitude", "log_rate"):
 # | `num_integration_steps` | ✓ | | leapfrog steps: gradient evaluations per draw |
 #
 # Two more fields hold the tuning the draws were made with, one entry per chain:
-# `step_size` `(chains,)` and `inverse_mass_matrix` `(chains, d)` (or
-# `(chains, d, d)` for a dense metric).
+# `step_size` `(chains,)` and `inverse_mass_matrix` `(chains, d, d)` for a dense
+# metric (`(chains, d)` for a diagonal one, low-rank factors for `metric="low_rank"`).
 
 # %%
 diag = result.posterior.diagnostics["Decay"]
@@ -287,9 +288,10 @@ plt.show()
 # In roughly the order to try them:
 #
 # 1. **Let eqbayes adapt.** With `adapt=True` (the default) and `warmup > 0`, NUTS
-#    and HMC get a step size tuned to an acceptance rate of 0.8 and a diagonal
-#    inverse mass matrix estimated from the warmup draws. That is the run at the top
-#    of this page: same model, same data, no divergences.
+#    and HMC get a step size tuned to an acceptance rate of 0.8 and an inverse mass
+#    matrix estimated from the warmup draws (dense for a small model like this
+#    one). That is the run at the top of this page: same model, same data, no
+#    divergences.
 # 2. **Warm up for longer.** If a few divergences remain, a longer `warmup` gives
 #    the adaptation more draws to estimate the posterior's scales.
 # 3. **Make a fixed step size smaller.** For kernels that are not adapted (MALA,

@@ -115,7 +115,8 @@ print(f"{likelihood_scale:.1f}")
 # gives the plain model back.
 #
 # - `blackjax.nuts` is the kernel. With `adapt=True` (the default), Stan-style window
-#   adaptation picks the step size and a diagonal inverse mass matrix during warmup,
+#   adaptation picks the step size and an inverse mass matrix during warmup (dense
+#   for a model this small; see the guide "Choosing and tuning a kernel"),
 #   so no `step_size=` is needed.
 # - `num_chains=4` runs four chains side by side (a `jax.vmap`), each started at
 #   the initial position plus `init_jitter` times a standard normal draw.
