@@ -58,7 +58,7 @@ _SUBSTEP_INIT = (
 )
 _SUBSTEP_ADAPT = (
     "`Solver(..., substeps=...)`: group '{name}' adapts its step size "
-    "(`adapt=True`), but within substeps its kernel sees only its substep's loss "
+    "(`adapt={adapt!r}`), but within substeps its kernel sees only its substep's loss "
     "while the other parts still train. Pass `adapt=False` and a hand-set "
     "`step_size=` to `eb.bayesian(...)`."
 )
@@ -260,7 +260,7 @@ class BayesianLeaf(AbstractChainGroup):
         if solve.substeps and config.init is not None:
             raise ValueError(_SUBSTEP_INIT.format(name=self.name))
         if solve.substeps and (config.adapts or config.chees):
-            raise ValueError(_SUBSTEP_ADAPT.format(name=self.name))
+            raise ValueError(_SUBSTEP_ADAPT.format(name=self.name, adapt=config.adapt))
         if (config.adapts or config.chees) and solve.trains:
             logger.warning(_ADAPT_MIXED.format(name=self.name))
         if config.num_chains > 1 and config.init_jitter == 0 and config.init is None:

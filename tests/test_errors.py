@@ -371,8 +371,13 @@ def test_bad_substeps():
         init([eb.Substep(mse, ("a", "b")), eb.Substep(mse, "a")])
     with pytest.raises(ValueError, match=re.escape("the groups ['b'] are in no")):
         init([eb.Substep(mse, "a")])
-    with pytest.raises(ValueError, match=re.escape("Pass `adapt=False`")):
+    with pytest.raises(ValueError, match=re.escape("(`adapt=True`), but")):
         init([eb.Substep(mse, "b"), eb.Substep(mse, "a")], marked=nuts)
+    pooled = eb.bayesian(
+        model, blackjax.nuts, where=lambda m: m.a, name="a", adapt="pooled"
+    )
+    with pytest.raises(ValueError, match=re.escape("(`adapt='pooled'`), but")):
+        init([eb.Substep(mse, "b"), eb.Substep(mse, "a")], marked=pooled)
     with pytest.raises(ValueError, match=re.escape("instead of `Solver(optimizer")):
         eb.Solver(mse, optimizer=optax.adam(1e-3), substeps=[eb.Substep(mse, "a")])
     init([eb.Substep(mse, "b"), eb.Substep(mse, "a")])
