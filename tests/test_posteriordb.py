@@ -104,9 +104,10 @@ def test_eight_schools_half_cauchy(form):
     the same posterior but a funnel that NUTS cannot explore reliably (posteriordb
     has no reference for it): over keys 8-11, per-chain and pooled adaptation alike
     gave tau an ESS below 100 at some key (8.6 and 96 per chain, 55 pooled), with
-    82-989 divergent transitions of 8000. For it the test asserts what a user must
-    be told and what the constraint guarantees: the divergences are reported and
-    every tau draw is positive.
+    82-989 divergent transitions of 8000 with a diagonal metric (62 at key 8 with
+    the dense metric that `metric="auto"` picks). For it the test asserts what a
+    user must be told and what the constraint guarantees: divergences are reported
+    and every tau draw is positive.
     """
     name = "eight_schools-eight_schools_noncentered"
     ref = _read_json(name, "reference")
@@ -154,6 +155,6 @@ def test_eight_schools_half_cauchy(form):
         divergent = int(diagnostics.is_divergent.sum())
         if form == "centred":
             assert bool(jnp.all(result.posterior.samples.tau > 0))
-            assert divergent > 0.01 * NUM_CHAINS * KEEP, f"{divergent} divergent"
+            assert divergent > 0, "the funnel's divergences must be reported"
         else:
             assert ok, f"{form} ({divergent} divergent):\n" + "\n".join(rows)
