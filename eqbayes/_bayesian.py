@@ -24,6 +24,7 @@ from ._kernels import (
     DIAGNOSTIC_FIELDS,
     kernel_spec,
     position_of,
+    split_kernel_kwargs,
 )
 from ._marking import mark
 from ._mcmc import KernelDiagnostics, MCMCConfig, MCMCState
@@ -416,11 +417,6 @@ _NEED_STEP_SIZE = (
     "`eb.bayesian(..., kernel={kernel})` for group '{name}' needs `step_size=`: "
     "{why} Pass e.g. `step_size=1e-2`."
 )
-_KWARG_UNHASHABLE = (
-    "`eb.bayesian(..., {kwarg}=...)` for group '{name}': kernel keyword arguments "
-    "must be arrays or hashable values (numbers, strings, functions); got a value "
-    "of type `{type}`."
-)
 
 
 def bayesian(
@@ -666,23 +662,7 @@ def bayesian(
         jitter_fraction = _check_jitter(
             step_size_jitter, spec, group_name, chees=adapt == "chees"
         )
-        arrays = {}
-        static = []
-        for key, value in sorted(kwargs.items()):
-            if isinstance(value, LowRankInverseMassMatrix):
-                arrays[key] = LowRankInverseMassMatrix(*map(jnp.asarray, value))
-            elif eqx.is_array_like(value) and not isinstance(value, (bool, int, float)):
-                arrays[key] = jnp.asarray(value)
-            else:
-                try:
-                    hash(value)
-                except TypeError:
-                    raise TypeError(
-                        _KWARG_UNHASHABLE.format(
-                            kwarg=key, name=group_name, type=type(value).__name__
-                        )
-                    ) from None
-                static.append((key, value))
+        arrays, static = split_kernel_kwargs(kwargs, group_name)
         config = MCMCConfig(
             kernel=spec,
             prior=the_prior,

@@ -18,6 +18,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import blackjax
+import equinox as eqx
+import jax.numpy as jnp
+from blackjax.mcmc.metrics import LowRankInverseMassMatrix
 from jaxtyping import Array
 
 
@@ -53,6 +56,11 @@ _UNKNOWN_FAMILY = (
 _UNKNOWN_KWARG = (
     "`eb.bayesian(..., kernel={kernel_name}, {kwarg}=...)` for group '{name}': the "
     "kernel does not take `{kwarg}`. It accepts {params}."
+)
+_KWARG_UNHASHABLE = (
+    "`eb.{fn}(..., {kwarg}=...)` for group '{name}': kernel keyword arguments "
+    "must be arrays or hashable values (numbers, strings, functions); got a value "
+    "of type `{type}`."
 )
 _MISSING_KWARG = (
     "`eb.bayesian(..., kernel={kernel_name})` for group '{name}': the kernel needs "
@@ -180,6 +188,32 @@ def kernel_spec(factory: Any, group_name: str) -> KernelSpec:
     )
     var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in rest)
     return KernelSpec(factory, name, family, named, required, var_keyword)
+
+
+def split_kernel_kwargs(
+    kwargs: Mapping[str, Any], group_name: str, fn: str = "bayesian"
+) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """`(arrays, static)`: array-valued keywords (traced, so a new value does not
+    recompile) and the rest as sorted `(key, value)` pairs, which must be hashable
+    (they are part of the compiled program's static configuration)."""
+    arrays: dict[str, Any] = {}
+    static: list[tuple[str, Any]] = []
+    for key, value in sorted(kwargs.items()):
+        if isinstance(value, LowRankInverseMassMatrix):
+            arrays[key] = LowRankInverseMassMatrix(*map(jnp.asarray, value))
+        elif eqx.is_array_like(value) and not isinstance(value, (bool, int, float)):
+            arrays[key] = jnp.asarray(value)
+        else:
+            try:
+                hash(value)
+            except TypeError:
+                raise TypeError(
+                    _KWARG_UNHASHABLE.format(
+                        fn=fn, kwarg=key, name=group_name, type=type(value).__name__
+                    )
+                ) from None
+            static.append((key, value))
+    return arrays, static
 
 
 def check_kernel_kwargs(

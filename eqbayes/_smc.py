@@ -39,6 +39,7 @@ from ._kernels import (
     kernel_spec,
     KernelSpec,
     position_of,
+    split_kernel_kwargs,
 )
 from ._marking import mark
 from ._sharding import over_particles
@@ -92,11 +93,6 @@ _SG_KERNEL = (
     "or any factory whose first parameter is `logdensity_fn`); stochastic-gradient "
     "kernels do not leave the tempered posterior invariant. Pass a full-data "
     "kernel, or `kernel=None` for HMC."
-)
-_KWARG_UNHASHABLE = (
-    "`eb.smc(..., {kwarg}=...)` for group '{name}': kernel keyword arguments must "
-    "be arrays or hashable values (numbers, strings, functions); got a value of "
-    "type `{type}`."
 )
 _BESIDE = (
     "`Solver.init(model, ...)`: group '{name}' (`eb.smc`) is in a solve with group "
@@ -698,20 +694,7 @@ def smc(
         if "num_integration_steps" in spec.parameters:
             kwargs.setdefault("num_integration_steps", DEFAULT_INTEGRATION_STEPS)
         check_kernel_kwargs(spec, kwargs, group_name)
-        arrays, static = {}, []
-        for key, value in sorted(kwargs.items()):
-            if eqx.is_array_like(value) and not isinstance(value, (bool, int, float)):
-                arrays[key] = jnp.asarray(value)
-            else:
-                try:
-                    hash(value)
-                except TypeError:
-                    raise TypeError(
-                        _KWARG_UNHASHABLE.format(
-                            kwarg=key, name=group_name, type=type(value).__name__
-                        )
-                    ) from None
-                static.append((key, value))
+        arrays, static = split_kernel_kwargs(kwargs, group_name, fn="smc")
         particles = None
         if init is None:
             bad = unsampleable(subtree, the_prior)
