@@ -348,6 +348,22 @@ def test_marking_errors():
     eb.laplace(big, hessian="diag", outputs=OUTPUTS)  # a diagonal fits
     with pytest.raises(ValueError, match=re.escape("dense 20001 x 20001 Hessian")):
         eb.laplace(big, hessian="diag", outputs=OUTPUTS, prior=eb.priors.student_t(4.0))
+    # Constrained leaves: the same checks as for every kind of group, named for
+    # `eb.laplace`.
+    rates = _Rates(jnp.asarray(-1.0), jnp.asarray(0.0))
+    with pytest.raises(
+        ValueError, match=re.escape("`eb.laplace(...)` for group 'lam'")
+    ):
+        eb.laplace(rates, where=lambda m: m.lam, prior=eb.priors.gamma(2.0, 1.0))
+    with pytest.raises(TypeError, match=re.escape("not an `eb.constraints` object")):
+        eb.laplace(rates, where=lambda m: m.shift, constraint="positive")
+    with pytest.raises(ValueError, match=re.escape("is not inside it")):
+        eb.laplace(
+            rates,
+            where=lambda m: m.shift,
+            prior=eb.priors.half_normal(1.0),
+            constraint=eb.constraints.real,
+        )
 
 
 def test_a_loss_that_does_not_split_is_a_clear_error():
